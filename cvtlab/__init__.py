@@ -1,0 +1,16 @@
+"""cvtlab: convolutional vision transformers (CvT, LG-Transformer), exact to the papers and timm-native.
+
+Importing this package registers every model with timm: `timm.create_model('cvt_13')` works after
+`import cvtlab`.
+"""
+from . import models  # noqa: F401  (registers the families with timm)
+from .checkpoint import load_checkpoint, save_model
+from .errors import CheckpointError, ConfigError, CvtlabError, DataError
+from .flops import count_macs, count_params
+from .registry import convert_checkpoint, create_model, list_models, load_model
+
+__all__ = [
+    'create_model', 'list_models', 'load_model', 'load_checkpoint', 'save_model', 'convert_checkpoint',
+    'count_macs', 'count_params', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
+]
+__version__ = '0.1.0'

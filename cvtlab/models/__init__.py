@@ -1,0 +1,2 @@
+"""Model families; importing this module registers each with timm."""
+from . import cvt  # noqa: F401

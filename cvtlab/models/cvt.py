@@ -1,0 +1,468 @@
+"""CvT: Introducing Convolutions to Vision Transformers (Wu et al., ICCV 2021, arXiv 2103.15808).
+
+Contents, in the order of the paper: ConvEmbed (Sec. 3.1, convolutional token embedding) ->
+ConvProjection / ConvAttention (Sec. 3.2, convolutional projection with stride-2 keys and values)
+-> Block -> Stage -> CvT, then the variant table (Table 2), pretrained cfgs and timm registration.
+
+Exact to the official microsoft/CvT model (`lib/models/cls_cvt.py`) and its released weights; every
+behaviour kept only for that is tagged `parity:` (grep for it).
+
+Differences from the official implementation:
+- the cls-token squeeze keeps the batch dimension, so batch size 1 works (microsoft/CvT#24);
+- attention runs through `F.scaled_dot_product_attention` (explicit full-dim scale) instead of einsum;
+- stages live in a `stages` ModuleList (`stages.{i}.` keys instead of `stage{i}.`); the converters in
+  `cvtlab.convert` map official and HF transformers checkpoints onto it;
+- `forward_features` returns all tokens after the final LayerNorm (the official model normalises the
+  cls token only; LayerNorm is per token, so the cls logits are identical).
+
+Differences from HF transformers' `CvtForImageClassification`: HF uses exact GELU in the MLP where the
+official model (and so the released weights) use QuickGELU; its logits drift by ~0.03 from the official
+ones. HF also indexes drop-path rates by stage and drops the whole residual stream; we do neither.
+"""
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, QuickGELU, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ..layers import LayerNormFp32, map_to_tokens, tokens_to_map
+
+__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS']
+
+
+class ConvEmbed(nn.Module):
+    """Convolutional token embedding (Sec. 3.1): overlapping strided conv, then LayerNorm over channels."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int, padding: int):
+        super().__init__()
+        # parity: conv with bias, paddings (2, 1, 1) for kernels (7, 3, 3)
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride, padding)
+        self.norm = LayerNormFp32(dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        x = self.proj(x)  # B C H W, H and W from the conv itself, so any (non-square) size works
+        H, W = x.shape[-2:]
+        return self.norm(map_to_tokens(x)), H, W  # B (H W) C
+
+
+class ConvProjection(nn.Module):
+    """Depth-wise conv + BN on the token map (Sec. 3.2); stride 2 'squeezes' keys and values 4x."""
+
+    def __init__(self, dim: int, stride: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, stride, padding, groups=dim, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return map_to_tokens(self.bn(self.conv(x)))  # B C H W -> B (H' W') C
+
+
+def conv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head attention on token sequences of different lengths (queries N, keys/values N')."""
+    # B N (h d) -> B h N d
+    q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    return x.transpose(1, 2).flatten(2)  # B h N d -> B N (h d)
+
+
+class ConvAttention(nn.Module):
+    """Self-attention with convolutional projection of q, k, v (Sec. 3.2, Fig. 3b).
+
+    Each of q, k, v gets its own depth-wise conv + BN (the map only) followed by its own Linear (all
+    tokens): together the paper's depth-wise separable projection (this answers microsoft/CvT#9).
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int = 0, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, kv_stride: int = 2):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_prefix_tokens = num_prefix_tokens
+        # parity: the official scale uses the full embedding dim, not the head dim
+        self.scale = dim ** -0.5
+        self.attn_drop = attn_drop
+        self.conv_proj_q = ConvProjection(dim, stride=1)
+        self.conv_proj_k = ConvProjection(dim, stride=kv_stride)
+        self.conv_proj_v = ConvProjection(dim, stride=kv_stride)
+        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        n = self.num_prefix_tokens
+        # parity: the cls token bypasses the depth-wise conv and BN, but not the Linear projections
+        prefix, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
+        q = self.proj_q(torch.cat([prefix, self.conv_proj_q(fmap)], dim=1))  # B n+HW C
+        k = self.proj_k(torch.cat([prefix, self.conv_proj_k(fmap)], dim=1))  # B n+H'W' C
+        v = self.proj_v(torch.cat([prefix, self.conv_proj_v(fmap)], dim=1))
+        x = conv_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with convolutional attention (Fig. 2b)."""
+
+    def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, mlp_ratio: float, qkv_bias: bool,
+                 drop: float, attn_drop: float, drop_path: float, kv_stride: int):
+        super().__init__()
+        self.norm1 = LayerNormFp32(dim)
+        self.attn = ConvAttention(dim, num_heads, num_prefix_tokens, qkv_bias, attn_drop, drop, kv_stride)
+        # parity: stochastic depth on the residual branch (HF applies it to the whole stream)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNormFp32(dim)
+        # parity: QuickGELU, x * sigmoid(1.702 x); HF uses exact GELU
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=QuickGELU, drop=drop)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), H, W))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class Stage(nn.Module):
+    """One of CvT's three stages: conv token embedding, optional cls token, then `depth` blocks."""
+
+    def __init__(self, in_chans: int, dim: int, depth: int, num_heads: int, patch_size: int, patch_stride: int,
+                 patch_padding: int, cls_token: bool, mlp_ratio: float, qkv_bias: bool, drop: float,
+                 attn_drop: float, drop_path_rates: Sequence[float], kv_stride: int):
+        super().__init__()
+        self.num_prefix_tokens = int(cls_token)
+        self.grad_checkpointing = False
+        self.patch_embed = ConvEmbed(in_chans, dim, patch_size, patch_stride, patch_padding)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        self.pos_drop = nn.Dropout(drop)  # no position embedding anywhere (Sec. 3.4); dropout kept for parity
+        self.blocks = nn.ModuleList([
+            Block(dim, num_heads, self.num_prefix_tokens, mlp_ratio, qkv_bias, drop, attn_drop, dpr, kv_stride)
+            for dpr in drop_path_rates
+        ])
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        """B C H W -> tokens B n+(H' W') C (cls first when present) and the new map size H', W'."""
+        x, H, W = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, H, W, use_reentrant=False)
+            else:
+                x = block(x, H, W)
+        return x, H, W
+
+
+class CvT(nn.Module):
+    """Convolutional vision Transformer (Fig. 2a): three stages of conv embedding + conv-attention blocks.
+
+    Args:
+        embed_dims: channels per stage.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        num_classes: classifier outputs; 0 for no classifier.
+        in_chans: input image channels.
+        global_pool: 'token' (the cls token, official), 'avg' (mean of the map tokens) or '' (no pooling).
+            Defaults to 'token' when the last stage has a cls token, else 'avg'.
+        mlp_ratio: MLP hidden width / embedding width.
+        qkv_bias: bias in the q, k, v Linears.
+        drop_rate: dropout after the MLP, the attention projection and the (absent) position embedding,
+            as in the official code.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, per stage, each rising linearly from 0 over its blocks
+            (official schedule). A float p means the official layout (0, ..., 0, p): only the last
+            stage drops paths.
+        patch_sizes, patch_strides, patch_paddings: conv token embedding per stage.
+        cls_token: which stages carry a cls token (official: only the last).
+        kv_stride: stride of the key/value depth-wise convs.
+    """
+
+    def __init__(
+            self,
+            embed_dims: Sequence[int] = (64, 192, 384),
+            depths: Sequence[int] = (1, 2, 10),
+            num_heads: Sequence[int] = (1, 3, 6),
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: Optional[str] = None,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = True,
+            drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: Union[float, Sequence[float]] = 0.0,
+            patch_sizes: Sequence[int] = (7, 3, 3),
+            patch_strides: Sequence[int] = (4, 2, 2),
+            patch_paddings: Sequence[int] = (2, 1, 1),
+            cls_token: Sequence[bool] = (False, False, True),
+            kv_stride: int = 2,
+    ):
+        super().__init__()
+        num_stages = len(embed_dims)
+        per_stage = (depths, num_heads, patch_sizes, patch_strides, patch_paddings, cls_token)
+        if any(len(v) != num_stages for v in per_stage):
+            raise ValueError(f'CvT: per-stage settings must all have {num_stages} entries (one per stage)')
+        if isinstance(drop_path_rate, (int, float)):
+            drop_path_rate = (0.0,) * (num_stages - 1) + (float(drop_path_rate),)
+        if len(drop_path_rate) != num_stages:
+            raise ValueError(f'CvT: drop_path_rate must be a float or {num_stages} per-stage values')
+        self.num_classes = num_classes
+        self.num_prefix_tokens = int(cls_token[-1])
+        self.global_pool = self._check_pool(global_pool)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        stages, self.feature_info, reduction = [], [], 1
+        for i in range(num_stages):
+            # parity: drop-path rates rise from 0 within each stage (one linspace per stage)
+            dpr = torch.linspace(0, drop_path_rate[i], depths[i], device='cpu').tolist()
+            stages.append(Stage(
+                in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], depths[i], num_heads[i],
+                patch_sizes[i], patch_strides[i], patch_paddings[i], cls_token[i], mlp_ratio, qkv_bias,
+                drop_rate, attn_drop_rate, dpr, kv_stride))
+            reduction *= patch_strides[i]
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f'stages.{i}'))
+        self.stages = nn.ModuleList(stages)
+        self.norm = LayerNormFp32(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _check_pool(self, global_pool: Optional[str]) -> str:
+        if global_pool is None:
+            return 'token' if self.num_prefix_tokens else 'avg'
+        if global_pool not in ('token', 'avg', ''):
+            raise ValueError(f"CvT: global_pool must be 'token', 'avg' or '', not {global_pool!r}")
+        if global_pool == 'token' and not self.num_prefix_tokens:
+            raise ValueError("CvT: global_pool='token' needs a cls token in the last stage")
+        return global_pool
+
+    def _init_weights(self):
+        # parity: official init touches Linear (trunc normal 0.02, zero bias) and norms (1, 0) per stage;
+        # Conv2d layers keep PyTorch's default init, the head bias its default uniform init.
+        for m in self.stages.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for stage in self.stages:
+            if stage.cls_token is not None:
+                trunc_normal_(stage.cls_token, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """B C H W image -> B n+N C tokens of the last stage after the final LayerNorm (cls first)."""
+        for stage in self.stages:
+            tokens, H, W = stage(x)
+            x = tokens_to_map(tokens[:, stage.num_prefix_tokens:], H, W)  # the cls token never crosses stages
+        return self.norm(tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'token':
+            x = x[:, 0]
+        elif self.global_pool == 'avg':
+            x = x[:, self.stages[-1].num_prefix_tokens:].mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # --- timm model contract -------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = self._check_pool(global_pool)
+        ref = self.norm.weight
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            trunc_normal_(self.head.weight, std=0.02)
+        else:
+            self.head = nn.Identity()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # timm's optimizer factory already exempts every 1-d parameter (biases, LN and BN affine)
+        return {f'stages.{i}.cls_token' for i, s in enumerate(self.stages) if s.cls_token is not None}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^stages\.0\.patch_embed',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.(?:patch_embed|cls_token)', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str):
+        """Load any supported layout (official .pth, HF transformers, cvtlab safetensors) strictly."""
+        from ..checkpoint import load_checkpoint
+        load_checkpoint(self, checkpoint_path)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Per-stage feature maps (B C_i H/r_i W/r_i, r = 4, 8, 16) and, unless intermediates_only, the
+        final tokens exactly as forward_features returns them. `norm` applies the final LayerNorm to the
+        last stage's map."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError("output_fmt must be 'NCHW' or 'NHWC'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        for i, stage in enumerate(stages):
+            tokens, H, W = stage(x)
+            n = stage.num_prefix_tokens
+            x = tokens_to_map(tokens[:, n:], H, W)
+            if i in take_indices:
+                feat = tokens_to_map(self.norm(tokens)[:, n:], H, W) if (norm and i == last) else x
+                intermediates.append(feat.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feat)
+        if intermediates_only:
+            return intermediates
+        return self.norm(tokens), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# --- variants (Table 2 and the official experiments/imagenet/cvt/*.yaml) ---------------------------------
+@dataclass(frozen=True)
+class CvTConfig:
+    embed_dims: Tuple[int, ...]
+    depths: Tuple[int, ...]
+    num_heads: Tuple[int, ...]
+    drop_path_rate: Tuple[float, ...]
+
+
+CVT_VARIANTS = {
+    'cvt_13': CvTConfig(embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6),
+                        drop_path_rate=(0.0, 0.0, 0.1)),
+    'cvt_21': CvTConfig(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6),
+                        drop_path_rate=(0.0, 0.0, 0.1)),
+    'cvt_w24': CvTConfig(embed_dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16),
+                         drop_path_rate=(0.0, 0.0, 0.3)),
+}
+
+# What the paper reports (Table 2/3; "FLOPs" there are MACs), shown beside our own counts by `cvtlab models`.
+PAPER_NUMBERS = {
+    'cvt_13': dict(params_m=19.98, gmacs={224: 4.53, 384: 16.3}),
+    'cvt_21': dict(params_m=31.54, gmacs={224: 7.13, 384: 24.9}),
+    'cvt_w24': dict(params_m=276.7, gmacs={224: 60.86, 384: 193.2}),
+}
+
+
+def _cfg(hf_hub_id: str, res: int = 224, top1: Optional[float] = None, **kwargs) -> dict:
+    # 224 weights: resize 256, centre crop 224; 384 weights: squash to 384x384 (cvt.md Sec. 2.4)
+    crop = dict(crop_pct=0.875, crop_mode='center') if res == 224 else dict(crop_pct=1.0, crop_mode='squash')
+    return dict(
+        hf_hub_id=hf_hub_id,
+        # the Hub files are in HF transformers layout; `load_pretrained` / the filter convert them
+        custom_load=True,
+        num_classes=1000, input_size=(3, res, res), pool_size=None, interpolation='bicubic',
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv='stages.0.patch_embed.proj', classifier='head',
+        license='mit', origin_url='https://github.com/microsoft/CvT',
+        paper_name='CvT: Introducing Convolutions to Vision Transformers', paper_ids='arXiv:2103.15808',
+        notes=(f'published ImageNet-1k top-1 {top1}',) if top1 else (), **crop, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'cvt_13.ms_in1k': _cfg('microsoft/cvt-13', top1=81.6),
+    'cvt_13.ms_in1k_384': _cfg('microsoft/cvt-13-384', res=384, top1=83.0),
+    'cvt_13.ms_in22k_ft_in1k_384': _cfg('microsoft/cvt-13-384-22k', res=384, top1=83.3),
+    'cvt_21.ms_in1k': _cfg('microsoft/cvt-21', top1=82.5),
+    'cvt_21.ms_in1k_384': _cfg('microsoft/cvt-21-384', res=384, top1=83.3),
+    'cvt_21.ms_in22k_ft_in1k_384': _cfg('microsoft/cvt-21-384-22k', res=384, top1=84.9),
+    'cvt_w24.ms_in22k_ft_in1k_384': _cfg('microsoft/cvt-w24-384-22k', res=384, top1=87.7),
+})
+
+
+def checkpoint_filter_fn(state_dict: dict, model: CvT) -> dict:
+    """timm hook for Hub / url weights: convert any supported layout to ours and check it strictly."""
+    from ..checkpoint import fit_state_dict
+    from ..convert import to_cvtlab
+    return fit_state_dict(to_cvtlab(state_dict), model)
+
+
+def _create_cvt(variant: str, pretrained: bool = False, **kwargs) -> CvT:
+    model_args = {**asdict(CVT_VARIANTS[variant.split('.')[0]]), **kwargs}
+    return build_model_with_cfg(
+        CvT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2), feature_cls='getter'),
+        **model_args,
+    )
+
+
+@register_model
+def cvt_13(pretrained: bool = False, **kwargs) -> CvT:
+    """CvT-13: 20.0M params, 4.57 GMACs at 224."""
+    return _create_cvt('cvt_13', pretrained, **kwargs)
+
+
+@register_model
+def cvt_21(pretrained: bool = False, **kwargs) -> CvT:
+    """CvT-21: 31.6M params, 7.18 GMACs at 224."""
+    return _create_cvt('cvt_21', pretrained, **kwargs)
+
+
+@register_model
+def cvt_w24(pretrained: bool = False, **kwargs) -> CvT:
+    """CvT-W24 (wide): 277.2M params, 60.9 GMACs at 224."""
+    return _create_cvt('cvt_w24', pretrained, **kwargs)
+
+
+def cvt_args_from_state_dict(state_dict: dict, num_heads: Optional[Sequence[int]] = None) -> Tuple[str, dict]:
+    """Architecture of a cvtlab-layout CvT state_dict: (registered variant to build on, its overrides).
+
+    Widths, depths, cls tokens and classes are read from the tensors. Heads cannot be: they come from
+    `num_heads`, else the matching official variant, else the official head width of 64.
+    """
+    import re
+    stage_ids = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'stages\.(\d+)\.patch_embed', k))})
+    embed_dims = tuple(state_dict[f'stages.{i}.patch_embed.proj.weight'].shape[0] for i in stage_ids)
+    depths = tuple(
+        len({m.group(1) for k in state_dict if (m := re.match(rf'stages\.{i}\.blocks\.(\d+)\.', k))})
+        for i in stage_ids)
+    args = dict(embed_dims=embed_dims, depths=depths,
+                cls_token=tuple(f'stages.{i}.cls_token' in state_dict for i in stage_ids),
+                num_classes=state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0)
+    base = next((n for n, v in CVT_VARIANTS.items() if (v.embed_dims, v.depths) == (embed_dims, depths)), None)
+    if num_heads is not None:
+        args['num_heads'] = tuple(num_heads)
+    elif base is not None:
+        args['num_heads'] = CVT_VARIANTS[base].num_heads
+    else:
+        args['num_heads'] = tuple(max(1, d // 64) for d in embed_dims)
+    return base or 'cvt_13', args
