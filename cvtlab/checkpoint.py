@@ -101,12 +101,12 @@ def fit_state_dict(state_dict: dict, model: nn.Module) -> dict:
         if key.endswith('num_batches_tracked') and key not in state_dict:
             state_dict[key] = torch.zeros_like(value)
     head = [k for k in state_dict if k.startswith('head.')]
-    head_shape = tuple(state_dict['head.weight'].shape) if 'head.weight' in state_dict else None
-    target_head = tuple(target['head.weight'].shape) if 'head.weight' in target else None
-    if head and head_shape != target_head:
-        what = f'{target_head[0]} classes' if target_head else 'no classifier'
-        _logger.warning(f'checkpoint classifier has {head_shape[0] if head_shape else "?"} classes, the model '
-                        f'{what}: classifier not loaded (new head, as for fine-tuning)')
+    classes = state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else None
+    target_classes = target['head.weight'].shape[0] if 'head.weight' in target else None
+    if head and classes != target_classes:
+        what = f'{target_classes} classes' if target_classes else 'no classifier'
+        _logger.warning(f'checkpoint classifier has {classes} classes, the model {what}: '
+                        f'classifier not loaded (new head, as for fine-tuning)')
         for k in head:
             del state_dict[k]
         state_dict.update({k: v for k, v in target.items() if k.startswith('head.')})

@@ -13,8 +13,18 @@ from .checkpoint import load_checkpoint, read_json_config, read_state_dict
 from .convert import to_cvtlab
 from .errors import ConfigError
 
-# Families whose models cvtlab owns; each maps to the timm module name its models register under.
+# Families whose models cvtlab owns: the timm module name their models register under.
 FAMILIES = ('cvt',)
+
+
+def _family_module(arch: str):
+    import importlib
+    for family in FAMILIES:
+        module = importlib.import_module(f'cvtlab.models.{family}')
+        if arch in getattr(module, 'PAPER_NUMBERS', {}) or timm.is_model(arch) and arch in timm.list_models(
+                module=family):
+            return module
+    return None
 
 
 def list_models(pattern: str = '', pretrained: bool = False) -> List[str]:
@@ -93,3 +103,25 @@ def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:
     weights, json_path = save_model(model, dst, base, args, labels)
     return dict(layout=layout, architecture=base, keys=len(state_dict), weights=str(weights),
                 config=str(json_path), params=sum(p.numel() for p in model.parameters()))
+
+
+def describe_models(names: Optional[List[str]] = None, resolutions=(224, 384)) -> List[dict]:
+    """One row per architecture: our params and GMACs (counted on the meta device) beside the paper's."""
+    import torch
+    from .flops import count_macs, count_params
+    rows = []
+    for arch in names or list_models():
+        with torch.device('meta'):
+            model = timm.create_model(arch)
+        paper = getattr(_family_module(arch), 'PAPER_NUMBERS', {}).get(arch, {})
+        cfg = model.pretrained_cfg
+        rows.append(dict(
+            model=arch,
+            params=count_params(model),
+            paper_params_m=paper.get('params_m'),
+            gmacs={r: count_macs(model, (cfg['input_size'][0], r, r)) / 1e9 for r in resolutions},
+            paper_gmacs=paper.get('gmacs', {}),
+            input_size=tuple(cfg['input_size']),
+            weights=[n.split('.', 1)[1] for n in timm.list_pretrained(arch + '.*')],
+        ))
+    return rows

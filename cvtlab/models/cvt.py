@@ -281,7 +281,7 @@ class CvT(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = self._check_pool(global_pool)
-        ref = self.norm.weight
+        ref = next(self.parameters())  # build the new head on the model's device and dtype
         if num_classes > 0:
             self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             trunc_normal_(self.head.weight, std=0.02)
