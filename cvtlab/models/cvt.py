@@ -372,6 +372,9 @@ CVT_VARIANTS = {
                         drop_path_rate=(0.0, 0.0, 0.1)),
     'cvt_w24': CvTConfig(embed_dims=(192, 768, 1024), depths=(2, 2, 20), num_heads=(3, 12, 16),
                          drop_path_rate=(0.0, 0.0, 0.3)),
+    # cvtlab's own small variant for small images (digits, CIFAR): 32 px -> 8x8, 4x4, 2x2 token maps
+    'cvt_tiny': CvTConfig(embed_dims=(32, 64, 128), depths=(1, 2, 2), num_heads=(1, 2, 4),
+                          drop_path_rate=(0.0, 0.0, 0.05)),
 }
 
 # What the paper reports (Table 2/3; "FLOPs" there are MACs), shown beside our own counts by `cvtlab models`.
@@ -405,6 +408,9 @@ default_cfgs = generate_default_cfgs({
     'cvt_21.ms_in1k_384': _cfg('microsoft/cvt-21-384', res=384, top1=83.3),
     'cvt_21.ms_in22k_ft_in1k_384': _cfg('microsoft/cvt-21-384-22k', res=384, top1=84.9),
     'cvt_w24.ms_in22k_ft_in1k_384': _cfg('microsoft/cvt-w24-384-22k', res=384, top1=87.7),
+    # no released weights: a from-scratch model for small images
+    'cvt_tiny': {**_cfg('', res=32), 'hf_hub_id': None, 'crop_pct': 1.0, 'crop_mode': 'center',
+                 'paper_name': None, 'notes': ('cvtlab variant, not in the paper',)},
 })
 
 
@@ -435,6 +441,12 @@ def cvt_13(pretrained: bool = False, **kwargs) -> CvT:
 def cvt_21(pretrained: bool = False, **kwargs) -> CvT:
     """CvT-21: 31.6M params, 7.18 GMACs at 224."""
     return _create_cvt('cvt_21', pretrained, **kwargs)
+
+
+@register_model
+def cvt_tiny(pretrained: bool = False, **kwargs) -> CvT:
+    """cvtlab's small CvT for 32 px images (not in the paper): 0.75M params with 1000 classes, 5 MMACs at 32 px."""
+    return _create_cvt('cvt_tiny', pretrained, **kwargs)
 
 
 @register_model
