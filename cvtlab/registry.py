@@ -14,7 +14,7 @@ from .convert import to_cvtlab
 from .errors import ConfigError
 
 # Families whose models cvtlab owns: the timm module name their models register under.
-FAMILIES = ('cvt',)
+FAMILIES = ('cvt', 'lg')
 
 
 def _family_module(arch: str):
