@@ -50,6 +50,78 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import config_from_args
+    from .trainer import train
+    summary = train(config_from_args(args))
+    if summary.get('interrupted'):
+        print(f"* interrupted at epoch {summary['epoch'] + 1}; resume with: cvtlab train --output "
+              f"{summary['output']} --resume")
+        return 0
+    print(f"* best Acc@1 {summary['best_top1']:.3f} Acc@5 {summary['best_top5']:.3f} (epoch {summary['best_epoch']}), "
+          f"final Acc@1 {summary['final_top1']:.3f}, {summary['images_per_sec']:.0f} img/s, "
+          f"{summary['wall_time_s']:.0f} s -> {summary['output']}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .config import recipe_names, recipe_text
+    if args.name:
+        print(recipe_text(args.name), end='')
+    else:
+        for name in recipe_names():
+            first = recipe_text(name).splitlines()[0].lstrip('# ')
+            print(f'{name:12s} {first.split(":", 1)[-1].strip()}')
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .inference import evaluate
+    r = evaluate(args.checkpoint, args.data, model=args.model, pretrained=args.pretrained,
+                 batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != 'confusion'}, indent=2))
+    else:
+        table = Table(title=f"per-class accuracy on {r['count']} images")
+        table.add_column('class')
+        table.add_column('top-1 %', justify='right')
+        for name, acc in zip(r['classes'], r['per_class']):
+            table.add_row(name, f'{acc:.2f}')
+        console.print(table)
+        if r.get('files'):
+            print('wrote ' + ', '.join(r['files']))
+    print(f"* Acc@1 {r['top1']:.3f} Acc@5 {r['top5']:.3f} loss {r['loss']:.3f}", file=sys.stderr if args.json else
+          sys.stdout)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import predict
+    results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
+                              pretrained=args.pretrained, top_k=args.top_k)
+    for e in errors:
+        print(f'cvtlab: error: {e}', file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        table = Table(title=f'top-{args.top_k} predictions')
+        for col in ('image', 'label', 'prob'):
+            table.add_column(col, justify='right' if col == 'prob' else 'left')
+        for r in results:
+            for rank, t in enumerate(r['top']):
+                table.add_row(r['image'] if rank == 0 else '', t['label'], f"{t['prob']:.3f}")
+        console.print(table)
+    print(f'* {len(results)} images predicted, {len(errors)} unreadable', file=sys.stderr)
+    return 2 if errors else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, not {value}')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='cvtlab', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -64,11 +136,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('dst', help='output .safetensors path (a .json config is written beside it)')
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
+
+    from .config import add_config_flags
+    p = sub.add_parser('train', help='train or fine-tune (default: cvt_tiny on the embedded digits data)')
+    p.add_argument('--recipe', help='named recipe (see `cvtlab recipes`) or a YAML file; default small-data')
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser('recipes', help='list the training recipes, or print one')
+    p.add_argument('name', nargs='?', help='recipe to print')
+    p.set_defaults(func=cmd_recipes)
+
+    for name, help_text in (('eval', 'top-1/top-5, per-class accuracy and a confusion matrix PNG'),
+                            ('predict', 'top-k labels for image files, folders or globs')):
+        p = sub.add_parser(name, help=help_text)
+        if name == 'predict':
+            p.add_argument('images', nargs='+', help='image files, folders or globs')
+            p.add_argument('--top-k', type=_positive_int, default=5, help='labels per image')
+            p.add_argument('--json', action='store_true', help='print JSON')
+        p.add_argument('--checkpoint', help='weights file or run directory (uses best.safetensors)')
+        p.add_argument('--model', help='a timm / cvtlab model name instead of a checkpoint')
+        p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
+        if name == 'eval':
+            p.add_argument('--data', default='digits', help="'digits', 'cifar10', 'cifar100' or an image folder")
+            p.add_argument('--data-root', default='~/.cache/cvtlab/data', help='where cifar is stored')
+            p.add_argument('--download', action=argparse.BooleanOptionalAction, default=True)
+            p.add_argument('--batch-size', type=_positive_int, default=64)
+            p.add_argument('--output', help='folder for confusion.png and eval.json (default: beside the checkpoint)')
+            p.add_argument('--json', action='store_true', help='print JSON instead of a table')
+        p.set_defaults(func=cmd_eval if name == 'eval' else cmd_predict)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, 'command', None) == 'eval' and args.output is None and args.checkpoint:
+        from pathlib import Path
+        ckpt = Path(args.checkpoint)
+        args.output = str(ckpt if ckpt.is_dir() else ckpt.parent)
     try:
         return args.func(args)
     except CvtlabError as e:

@@ -1,0 +1,282 @@
+"""Data: the embedded digits set, CIFAR, image folders; robust image loading; timm transforms; loaders.
+
+Augmentation randomness is a function of (seed, epoch, sample index) and nothing else, so a run gives the
+same batches whatever the worker count, and a resumed run continues exactly where it stopped.
+"""
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .errors import DataError
+
+_logger = logging.getLogger('cvtlab')
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp', '.gif')
+TRAIN_DIRS = ('train', 'training')
+VAL_DIRS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey image
+
+
+# --- images --------------------------------------------------------------------------------------------
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: alpha composited on white, palettes expanded, 16/32-bit rescaled, CMYK converted."""
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith('I;16') or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
+    if img.mode == 'P':
+        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+    if img.mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA'):
+        img = img.convert('RGBA')
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert('RGB') if img.mode != 'RGB' else img
+
+
+def load_image(path) -> Image.Image:
+    """Open and fully decode an image as RGB (first frame of animations); DataError if impossible."""
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
+        raise DataError(f'{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})') from None
+
+
+def check_image(path) -> Optional[str]:
+    """Cheap validity check (header + structure, no full decode): None if fine, else the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            return 'empty file'
+        with Image.open(path) as img:
+            img.verify()
+        return None
+    except Exception as e:  # PIL raises many types for broken files
+        return f'{type(e).__name__}: {str(e)[:120]}'
+
+
+def list_images(root) -> List[Path]:
+    """Image files under root (recursively, symlinks followed, loops broken), sorted."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        found += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
+    return found
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+class ImageDataset(Dataset):
+    """(image or path, label) samples; seeded per-sample transforms; unreadable files skipped or fatal."""
+
+    def __init__(self, samples: Sequence[Tuple[object, int]], transform: Optional[Callable] = None,
+                 strict: bool = False, seed: int = 0):
+        self.samples = list(samples)
+        self.transform = transform
+        self.strict = strict
+        self.seed = seed
+        self.epoch = 0  # set by the trainer before each epoch's iterator is created
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _seed(self, index: int):
+        s = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2 ** 31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.samples)):
+            item, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                img = item if isinstance(item, Image.Image) else load_image(item)
+                break
+            except DataError as e:
+                if self.strict:
+                    raise
+                _logger.warning(f'skipped unreadable image: {e}')
+        else:
+            raise DataError('no readable image in the data set')
+        if self.transform is not None:
+            self._seed(index)
+            img = self.transform(img)
+        return img, label
+
+
+@dataclass
+class DataSplit:
+    train: ImageDataset
+    val: ImageDataset
+    classes: List[str]
+    source: str
+    skipped: int = 0
+
+
+def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0):
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    try:
+        return train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=seed)
+    except ValueError as e:
+        raise DataError(f'cannot split {len(labels)} images into train/val: {e}') from None
+
+
+def digits_samples(val_fraction: float = 0.2):
+    """scikit-learn's 1,797 real 8x8 handwritten digits as 32x32 RGB images, fixed stratified split."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = [Image.fromarray((img * (255.0 / 16.0)).astype(np.uint8), 'L').resize((32, 32), Image.BICUBIC)
+              .convert('RGB') for img in digits.images]
+    labels = digits.target.tolist()
+    train_idx, val_idx = _stratified_split(labels, val_fraction, seed=0)
+    pick = lambda ids: [(images[i], labels[i]) for i in ids]  # noqa: E731
+    return pick(train_idx), pick(val_idx), [str(d) for d in range(10)]
+
+
+def cifar_samples(name: str, root: str, download: bool):
+    import torchvision
+    cls = {'cifar10': torchvision.datasets.CIFAR10, 'cifar100': torchvision.datasets.CIFAR100}[name]
+    root = os.path.expanduser(root)
+    try:
+        train = cls(root, train=True, download=download)
+        val = cls(root, train=False, download=download)
+    except RuntimeError as e:
+        raise DataError(f'{name} is not in {root} ({str(e).splitlines()[0]}); '
+                        f'run once with network access or pass --download') from None
+    except OSError as e:
+        raise DataError(f'{name} is not in {root} and cannot be downloaded (offline?): {e}') from None
+    as_samples = lambda ds: [(Image.fromarray(img), int(t)) for img, t in zip(ds.data, ds.targets)]  # noqa: E731
+    return as_samples(train), as_samples(val), list(train.classes)
+
+
+def _class_dirs(root: Path) -> List[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def _scan_classes(root: Path, classes: List[str], strict: bool):
+    """(path, label) samples of root/<class>/..., and how many unreadable files were skipped."""
+    samples, bad = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = list_images(folder) if folder.is_dir() else []
+        if not files:
+            raise DataError(f'class folder {folder} has no images')
+        for f in files:
+            reason = check_image(f)
+            if reason:
+                bad.append(f'{f}: {reason}')
+            else:
+                samples.append((f, label))
+    if bad and strict:
+        raise DataError(f'{len(bad)} unreadable images (--strict-data), first: {bad[0]}')
+    if bad:
+        _logger.warning(f'skipped {len(bad)} unreadable files in {root} (first: {bad[0]})')
+    return samples, len(bad)
+
+
+def folder_samples(root: str, val_fraction: float, strict: bool):
+    """root/{train,val}/<class>/*, or root/<class>/* split into train/val (stratified, fixed seed)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f'{root}: no such data folder (expected digits, cifar10, cifar100 or a folder)')
+    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
+    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    base = train_dir or root
+    classes = [p.name for p in _class_dirs(base)]
+    if not classes:
+        raise DataError(f'{base}: no class folders (expected {base}/<class>/<image files>)')
+    train, skipped = _scan_classes(base, classes, strict)
+    if train_dir is not None and val_dir is not None:
+        val_classes = [p.name for p in _class_dirs(val_dir)]
+        if val_classes != classes:
+            raise DataError(f'{val_dir} classes {val_classes[:5]} differ from {train_dir} classes {classes[:5]}')
+        val, more = _scan_classes(val_dir, classes, strict)
+        return train, val, classes, skipped + more
+    train_idx, val_idx = _stratified_split([label for _, label in train], val_fraction)
+    return [train[i] for i in train_idx], [train[i] for i in val_idx], classes, skipped
+
+
+def build_datasets(data: str, train_transform, eval_transform, *, data_root: str = '~/.cache/cvtlab/data',
+                   download: bool = True, val_split: float = 0.2, strict: bool = False, seed: int = 0) -> DataSplit:
+    skipped = 0
+    if data == 'digits':
+        train, val, classes = digits_samples(val_split)
+    elif data in ('cifar10', 'cifar100'):
+        train, val, classes = cifar_samples(data, data_root, download)
+    else:
+        train, val, classes, skipped = folder_samples(data, val_split, strict)
+    if not train or not val:
+        raise DataError(f'{data}: no images to train or validate on')
+    return DataSplit(ImageDataset(train, train_transform, strict, seed), ImageDataset(val, eval_transform, strict),
+                     classes, data, skipped)
+
+
+# --- transforms ----------------------------------------------------------------------------------------
+def resolve_data_config(model, img_size: Optional[int] = None) -> dict:
+    """The model's own preprocessing (size, interpolation, mean/std, crop) from its pretrained cfg."""
+    from timm.data import resolve_data_config as timm_resolve
+    args = {'input_size': (3, img_size, img_size)} if img_size else {}
+    return timm_resolve(args, model=model)
+
+
+def build_transforms(data_config: dict, *, scale=(0.08, 1.0), hflip=0.5, auto_augment=None, color_jitter=None,
+                     reprob=0.0):
+    from timm.data import create_transform
+    train = create_transform(
+        data_config['input_size'], is_training=True, scale=tuple(scale), hflip=hflip, auto_augment=auto_augment,
+        color_jitter=color_jitter, re_prob=reprob, re_mode='pixel', interpolation=data_config['interpolation'],
+        mean=data_config['mean'], std=data_config['std'])
+    return train, create_transform(**data_config, is_training=False)
+
+
+# --- loaders -------------------------------------------------------------------------------------------
+class ResumableSampler(Sampler):
+    """A DistributedSampler (any world size, 1 included) that can start an epoch part-way through."""
+
+    def __init__(self, dataset, world_size: int, rank: int, seed: int, batch_size: int):
+        self.inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                        drop_last=True)
+        self.batch_size = batch_size
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0):
+        self.inner.set_epoch(epoch)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        indices = list(self.inner)
+        return iter(indices[self.skip_batches * self.batch_size:])
+
+    def __len__(self):
+        return max(0, len(self.inner) - self.skip_batches * self.batch_size)
+
+
+def train_loader(dataset, batch_size: int, world_size: int, rank: int, seed: int, num_workers: int, pin: bool):
+    sampler = ResumableSampler(dataset, world_size, rank, seed, batch_size)
+    if len(sampler.inner) < batch_size:
+        raise DataError(f'{len(dataset)} training images are fewer than one batch of {batch_size} per process; '
+                        f'lower --batch-size')
+    # drop_last: every batch full (Mixup needs an even batch; the step count is fixed for resume)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                      pin_memory=pin)
+
+
+def eval_loader(dataset, batch_size: int, world_size: int = 1, rank: int = 0, num_workers: int = 0,
+                pin: bool = False):
+    """Each rank takes every world_size-th sample: no padding, so reduced metrics are exact."""
+    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)
