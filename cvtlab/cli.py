@@ -26,15 +26,18 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title='cvtlab model zoo (GMACs = multiply-accumulates incl. attention; paper values beside ours)')
+    table = Table(title='cvtlab model zoo (GMACs = multiply-accumulates incl. attention; paper values beside ours)',
+                  caption='* derived in spec/lg_transformer.md from the H1 reconstruction, not read from the paper')
     for col, justify in [('model', 'left'), ('params', 'right'), ('paper', 'right'), ('GMACs@224', 'right'),
                          ('paper', 'right'), ('GMACs@384', 'right'), ('paper', 'right'),
                          ('input', 'center'), ('weights', 'left')]:
         table.add_column(col, justify=justify)
     for r in rows:
+        mark = '*' if r['paper_source'] == 'derived' else ''
         table.add_row(
-            r['model'], f"{r['params'] / 1e6:.2f}M", _fmt(r['paper_params_m'], '.2f') + ('M' if r['paper_params_m'] else ''),
-            f"{r['gmacs'][224]:.2f}", _fmt(r['paper_gmacs'].get(224), '.2f'),
+            r['model'], f"{r['params'] / 1e6:.2f}M",
+            _fmt(r['paper_params_m'], '.2f') + ('M' + mark if r['paper_params_m'] else ''),
+            f"{r['gmacs'][224]:.2f}", _fmt(r['paper_gmacs'].get(224), '.2f') + (mark if r['paper_gmacs'] else ''),
             f"{r['gmacs'][384]:.2f}", _fmt(r['paper_gmacs'].get(384), '.1f'),
             'x'.join(map(str, r['input_size'][1:])), ', '.join(r['weights']) or '-')
     console.print(table)

@@ -515,8 +515,8 @@ LG_VARIANTS = {
 # No paper numbers are verified. These are [D]: derived in spec Sec. 4 from timm's exact Swin counts plus the
 # H1 extra paths (4C^2 params and n_r (4C^2 + 2 M^2 C) MACs per path), not read from the paper.
 PAPER_NUMBERS = {
-    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.85}),
-    'lg_small': dict(params_m=61.0, gmacs={224: 9.47}),
+    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.85}, source='derived'),
+    'lg_small': dict(params_m=61.0, gmacs={224: 9.47}, source='derived'),
 }
 
 
