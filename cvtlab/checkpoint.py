@@ -112,8 +112,12 @@ def fit_state_dict(state_dict: dict, model: nn.Module) -> dict:
         state_dict.update({k: v for k, v in target.items() if k.startswith('head.')})
     missing = set(target) - set(state_dict)
     unexpected = set(state_dict) - set(target)
+    common = set(target) & set(state_dict)
     wrong = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(target[k].shape)}'
-             for k in set(target) & set(state_dict) if state_dict[k].shape != target[k].shape]
+             for k in common if state_dict[k].shape != target[k].shape]
+    # float <-> float (fp16 / bf16 weights into fp32) is a cast; float <-> integer is a broken file
+    bad_dtype = [f'{k} {state_dict[k].dtype} vs {target[k].dtype}' for k in common
+                 if state_dict[k].is_floating_point() != target[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f'{len(missing)} missing keys: {_names(missing)}')
@@ -121,6 +125,8 @@ def fit_state_dict(state_dict: dict, model: nn.Module) -> dict:
         problems.append(f'{len(unexpected)} unexpected keys: {_names(unexpected)}')
     if wrong:
         problems.append(f'{len(wrong)} shape mismatches: {_names(wrong, 2)}')
+    if bad_dtype:
+        problems.append(f'{len(bad_dtype)} dtype mismatches: {_names(bad_dtype, 2)}')
     if problems:
         raise CheckpointError(f'checkpoint does not fit {type(model).__name__}: ' + '; '.join(problems))
     return state_dict

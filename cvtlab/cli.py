@@ -118,6 +118,35 @@ def cmd_predict(args) -> int:
     return 2 if errors else 0
 
 
+def _load_any(source: str, pretrained: bool = False):
+    """A checkpoint path / run directory, else a model name."""
+    from pathlib import Path
+    from .inference import resolve_checkpoint
+    from .registry import create_model, load_model
+    if Path(source).exists():
+        return load_model(resolve_checkpoint(source))
+    return create_model(source, pretrained=pretrained)
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    model = _load_any(args.source, args.pretrained)
+    r = export_onnx(model, args.out, fuse=args.fuse, opset=args.opset)
+    diffs = ', '.join(f'{k}: {v:.2e}' for k, v in r['max_abs_diff'].items())
+    print(f"* exported {args.source} -> {r['onnx']} ({r['size_mb']:.1f} MiB{', BN folded' if r['fused'] else ''}) "
+          f"+ {r['preprocess']}; onnxruntime vs PyTorch max |diff| {diffs}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import explain
+    r = explain(args.image, checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained,
+                output=args.output)
+    print(f"* {args.image}: predicted {r['predicted']} ({r['prob']:.3f}); {len(r['maps'])} "
+          f"{'attention' if r['kind'] == 'cvt' else 'path-contribution'} maps -> {r['png']}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -139,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('dst', help='output .safetensors path (a .json config is written beside it)')
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
+
+    from .benchmark import add_benchmark_parser
+    add_benchmark_parser(sub)
+
+    p = sub.add_parser('export', help='ONNX with dynamic batch/height/width, checked in onnxruntime')
+    p.add_argument('source', help='model name, checkpoint file or run directory')
+    p.add_argument('out', help='output .onnx file (preprocessing JSON written beside it)')
+    p.add_argument('--format', choices=['onnx'], default='onnx', help='export format')
+    p.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (inference model)')
+    p.add_argument('--pretrained', action='store_true', help='with a model name: load its weights')
+    p.add_argument('--opset', type=_positive_int, default=17, help='ONNX opset')
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('explain', help='attention maps (CvT) or path contributions (LG) as PNG overlays')
+    p.add_argument('image', help='an image file')
+    p.add_argument('--checkpoint', help='weights file or run directory')
+    p.add_argument('--model', help='a cvtlab model name instead of a checkpoint')
+    p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
+    p.add_argument('--output', default='.', help='folder for the PNG')
+    p.set_defaults(func=cmd_explain)
 
     from .config import add_config_flags
     p = sub.add_parser('train', help='train or fine-tune (default: cvt_tiny on the embedded digits data)')

@@ -88,9 +88,24 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        _check_choice('opt', self.opt, _optimizers())
+        _check_choice('sched', self.sched, ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly'))
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _optimizers():
+    from timm.optim import list_optimizers
+    return list_optimizers()
+
+
+def _check_choice(name: str, value: str, choices):
+    if value not in choices:
+        import difflib
+        close = difflib.get_close_matches(str(value), list(choices), n=3)
+        raise ConfigError(f'{name} {value!r} is not one of timm\'s' + (f'; did you mean {", ".join(close)}?' if close
+                                                                       else f' ({", ".join(list(choices)[:8])}, ...)'))
 
 
 # --- recipes --------------------------------------------------------------------------------------

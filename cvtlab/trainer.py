@@ -134,6 +134,8 @@ class Trainer:
     # --- construction --------------------------------------------------------------------------
     def _build(self):
         c, env = self.config, self.env
+        from .registry import _check_name
+        _check_name(c.model)  # before any data work
         self.data = build_datasets(c.data, None, None, data_root=c.data_root, download=c.download,
                                    val_split=c.val_split, strict=c.strict_data, seed=c.seed)
         self.num_classes = len(self.data.classes)
