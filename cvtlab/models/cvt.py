@@ -19,21 +19,32 @@ Differences from HF transformers' `CvtForImageClassification`: HF uses exact GEL
 official model (and so the released weights) use QuickGELU; its logits drift by ~0.03 from the official
 ones. HF also indexes drop-path rates by stage and drops the whole residual stream; we do neither.
 """
+import copy
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, QuickGELU, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import LayerNormFp32, map_to_tokens, tokens_to_map
+from ..layers import LayerNormFp32, map_to_tokens
 
-__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS']
+__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'fuse_for_inference']
+
+
+def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """B (H W) C -> B C H W as a channels_last view of the same memory: no copy.
+
+    Convs given channels_last maps return channels_last maps, whose `map_to_tokens` is again a free,
+    contiguous view; so the token <-> map round trips of every block cost no layout copy.
+    """
+    return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)  # B (H W) C -> B H W C -> B C H W (strides NHWC)
 
 
 class ConvEmbed(nn.Module):
@@ -46,7 +57,8 @@ class ConvEmbed(nn.Module):
         self.norm = LayerNormFp32(dim)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        x = self.proj(x)  # B C H W, H and W from the conv itself, so any (non-square) size works
+        # channels_last in, channels_last out: the tokens below are then a contiguous view
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # B C H W, H and W from the conv itself, so any (non-square) size works
         H, W = x.shape[-2:]
         return self.norm(map_to_tokens(x)), H, W  # B (H W) C
 
@@ -61,6 +73,18 @@ class ConvProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return map_to_tokens(self.bn(self.conv(x)))  # B C H W -> B (H' W') C
+
+    @torch.no_grad()
+    def fuse(self) -> 'ConvProjection':
+        """Fold the BatchNorm into the conv (eval only): conv(x) * s + t as one conv with a bias.
+
+        Mutates and returns self; timm's `reparameterize_model` calls it. The state_dict then has
+        `conv.bias` and no `bn.*` keys: save weights before fusing.
+        """
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
+            self.bn = nn.Identity()
+        return self
 
 
 def conv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
@@ -100,11 +124,15 @@ class ConvAttention(nn.Module):
         n = self.num_prefix_tokens
         # parity: the cls token bypasses the depth-wise conv and BN, but not the Linear projections
         prefix, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
-        q = self.proj_q(torch.cat([prefix, self.conv_proj_q(fmap)], dim=1))  # B n+HW C
-        k = self.proj_k(torch.cat([prefix, self.conv_proj_k(fmap)], dim=1))  # B n+H'W' C
-        v = self.proj_v(torch.cat([prefix, self.conv_proj_v(fmap)], dim=1))
+        q = self.proj_q(self._with_prefix(prefix, self.conv_proj_q(fmap)))  # B n+HW C
+        k = self.proj_k(self._with_prefix(prefix, self.conv_proj_k(fmap)))  # B n+H'W' C
+        v = self.proj_v(self._with_prefix(prefix, self.conv_proj_v(fmap)))
         x = conv_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x))
+
+    def _with_prefix(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # a static branch (a module attribute, not a shape): stages without a cls token skip the copy of cat
+        return torch.cat([prefix, tokens], dim=1) if self.num_prefix_tokens else tokens
 
 
 class Block(nn.Module):
@@ -125,6 +153,21 @@ class Block(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), H, W))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
+
+    @torch.no_grad()
+    def fuse(self) -> 'Block':
+        """Inference reparameterisation of the MLP (eval only; mutates and returns self).
+
+        QuickGELU(z) = z sigmoid(1.702 z) = SiLU(1.702 z) / 1.702: scaling fc1 by 1.702 and fc2's weight
+        by 1 / 1.702 turns the three element-wise ops into one fused SiLU. Same function up to rounding.
+        """
+        if isinstance(self.mlp.act, QuickGELU):
+            self.mlp.fc1.weight.mul_(1.702)
+            if self.mlp.fc1.bias is not None:
+                self.mlp.fc1.bias.mul_(1.702)
+            self.mlp.fc2.weight.div_(1.702)
+            self.mlp.act = nn.SiLU()
+        return self
 
 
 class Stage(nn.Module):
@@ -354,6 +397,16 @@ class CvT(nn.Module):
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """An eval-only copy of `model` (or `model` itself, `inplace`) with every `fuse()` applied:
+    BatchNorm folded into the depth-wise convs, QuickGELU turned into one SiLU. Outputs equal the
+    unfused eval model to ~1e-6; do not train the result (BN statistics are baked in).
+    """
+    from timm.utils.model import reparameterize_model
+    model = model if inplace else copy.deepcopy(model)
+    return reparameterize_model(model.eval(), inplace=True)
 
 
 # --- variants (Table 2 and the official experiments/imagenet/cvt/*.yaml) ---------------------------------

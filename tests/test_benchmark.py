@@ -1,0 +1,117 @@
+"""`cvtlab benchmark` end to end on tiny configs, and the inference speed paths against the plain model.
+
+Timings are never asserted: the machines are small and shared. Only fields, exactness and wiring are.
+"""
+import copy
+import json
+
+import pytest
+import timm
+import torch
+
+import cvtlab
+from cvtlab.benchmark import BenchSettings, benchmark_model, compare_hf, sweep_resolution, plot_sweep
+from cvtlab.cli import main
+from cvtlab.models.cvt import ConvProjection, fuse_for_inference
+
+TINY = BenchSettings(batch_size=2, img_size=32, warmup=1, repeats=1, latency_repeats=2)
+SMALL_CVT = dict(embed_dims=(16, 32, 48), depths=(1, 2, 3), num_heads=(1, 2, 3))
+FIELDS = ['infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size', 'infer_latency_ms',
+          'infer_latency_p90_ms', 'infer_peak_mem_mb', 'train_samples_per_sec', 'train_step_time',
+          'train_peak_mem_mb', 'param_count', 'infer_gmacs', 'infer_gflops_per_sec', 'infer_matmul_fraction',
+          'matmul_gflops_per_sec']
+
+
+def random_bn(model):
+    """Non-trivial BN statistics and affine parameters, so that folding them is actually tested."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in model.named_buffers():
+            if name.endswith('running_var'):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith('running_mean'):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def test_benchmark_model_returns_every_field():
+    row = benchmark_model('cvt_tiny', TINY)
+    for field in FIELDS:
+        assert row[field] is not None, field
+    assert row['infer_img_size'] == [32, 32] and row['param_count'] == pytest.approx(0.75, abs=0.01)
+
+
+def test_cli_json(capsys):
+    assert main(['benchmark', 'cvt_tiny', '-b', '2', '--repeats', '1', '--latency-repeats', '2', '--no-train',
+                 '--json']) == 0
+    out = json.loads(capsys.readouterr().out.split('\n* ')[0])
+    assert out['results'][0]['model'] == 'cvt_tiny' and out['results'][0]['infer_samples_per_sec'] > 0
+
+
+def test_cli_bad_model_is_one_line_error(capsys):
+    assert main(['benchmark', 'no_such_model']) == 2
+
+
+def test_compare_hf_same_weights():
+    pytest.importorskip('transformers')
+    ours, hf = compare_hf('cvt_13', TINY, model_args=SMALL_CVT)
+    assert hf['model'] == 'hf:cvt_13'
+    assert ours['hf_max_abs_diff'] < 1e-4  # same weights, HF's GELU swapped for QuickGELU for the check
+    for ratio in ('infer_vs_hf', 'train_vs_hf', 'train_mem_vs_hf'):
+        assert ours[ratio] > 0
+
+
+def test_sweep_and_plot(tmp_path):
+    rows = sweep_resolution(['cvt_tiny', 'lg_nano'], [32, 64], TINY)
+    assert [r['model'] for r in rows] == ['cvt_tiny', 'lg_nano'] * 2
+    assert rows[0]['pixel_rate_vs_first'] == 1.0
+    assert plot_sweep(rows, tmp_path / 'sweep.png') and (tmp_path / 'sweep.png').stat().st_size > 0
+
+
+# --- inference speed paths --------------------------------------------------------------------------------
+def test_fused_equals_unfused_in_eval():
+    model = random_bn(timm.create_model('cvt_13', **SMALL_CVT)).eval()
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_timm_reparameterize_model_fuses():
+    model = random_bn(timm.create_model('cvt_13', **SMALL_CVT)).eval()
+    fused = timm.utils.reparameterize_model(model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_fusing_a_copy_leaves_training_alone():
+    model = timm.create_model('cvt_13', **SMALL_CVT).train()
+    state = copy.deepcopy(model.state_dict())
+    fuse_for_inference(model)  # default: fuses a copy
+    assert model.training and isinstance(model.stages[0].blocks[0].attn.conv_proj_q.bn, torch.nn.BatchNorm2d)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    model(torch.randn(2, 3, 32, 32)).sum().backward()  # BN still trains: running stats move
+    assert not torch.equal(state['stages.0.blocks.0.attn.conv_proj_q.bn.running_mean'],
+                           model.state_dict()['stages.0.blocks.0.attn.conv_proj_q.bn.running_mean'])
+
+
+def test_conv_projection_fuse_is_idempotent():
+    proj = random_bn(ConvProjection(8, stride=2)).eval()
+    x = torch.randn(1, 8, 6, 6)
+    ref = proj(x)
+    assert torch.allclose(proj.fuse().fuse()(x), ref, atol=1e-6)
+
+
+def test_compile_fullgraph_matches_eager():
+    """One small compile (~30 s cold on 2 cores): no graph breaks, same outputs, fused and not."""
+    model = fuse_for_inference(random_bn(timm.create_model('cvt_13', **SMALL_CVT)))
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (compiled(x) - model(x)).abs().max() <= 1e-4
