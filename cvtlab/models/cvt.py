@@ -44,7 +44,8 @@ def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     Convs given channels_last maps return channels_last maps, whose `map_to_tokens` is again a free,
     contiguous view; so the token <-> map round trips of every block cost no layout copy.
     """
-    return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)  # B (H W) C -> B H W C -> B C H W (strides NHWC)
+    # reshape with sizes read off the tensor (not unflatten): the ONNX tracer then keeps B, H, W symbolic
+    return x.reshape(x.shape[0], H, W, x.shape[2]).permute(0, 3, 1, 2)  # B (H W) C -> B H W C -> B C H W
 
 
 class ConvEmbed(nn.Module):
