@@ -8,6 +8,7 @@ import torch.nn as nn
 import cvtlab
 from cvtlab import count_macs, count_params
 from cvtlab.models.cvt import CVT_VARIANTS
+from contract import assert_backward_reaches_every_parameter, assert_grad_checkpointing_equivalent
 
 # Exact parameter counts of the official model (cvt.md Sec. 1.7) and FlopCounterMode GMACs (Sec. 1.8).
 PARAMS = {'cvt_13': 19_997_480, 'cvt_21': 31_622_696, 'cvt_w24': 277_196_392}
@@ -218,27 +219,11 @@ def test_forward_intermediates_match_forward_features():
 
 def test_grad_checkpointing_same_outputs_and_gradients():
     model = timm.create_model('cvt_13', **TINY, drop_path_rate=0.0).train()
-    x = torch.randn(2, 3, 64, 64)
-
-    def run():
-        model.zero_grad()
-        out = model(x)
-        out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    ref_out, ref_grads = run()
-    model.set_grad_checkpointing(True)
-    assert all(s.grad_checkpointing for s in model.stages)
-    out, grads = run()
-    assert torch.allclose(out, ref_out, atol=1e-6)
-    for name in ref_grads:
-        assert torch.allclose(grads[name], ref_grads[name], atol=1e-6), name
+    assert_grad_checkpointing_equivalent(model, torch.randn(2, 3, 64, 64))
 
 
 def test_backward_reaches_every_parameter():
-    model = timm.create_model('cvt_13', **TINY).train()
-    model(torch.randn(2, 3, 48, 48)).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_backward_reaches_every_parameter(timm.create_model('cvt_13', **TINY).train(), torch.randn(2, 3, 48, 48))
 
 
 def test_variant_table_matches_paper_table_2():

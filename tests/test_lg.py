@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import cvtlab
 from cvtlab import count_macs, count_params
 from cvtlab.models.lg import LG_VARIANTS, PAPER_NUMBERS, relative_position_index, window_attention
+from contract import assert_backward_reaches_every_parameter, assert_grad_checkpointing_equivalent
 
 # [D] targets derived in the spec (Sec. 4), not paper numbers: params within 1%, GMACs within 2%.
 TARGETS = {'lg_tiny': (32.6, 4.85), 'lg_small': (61.0, 9.47)}
@@ -268,27 +269,11 @@ def test_forward_intermediates_match_forward_features():
 
 def test_grad_checkpointing_same_outputs_and_gradients():
     model = timm.create_model('lg_tiny', **TINY, drop_path_rate=0.0).train()
-    x = torch.randn(2, 3, 64, 64)
-
-    def run():
-        model.zero_grad()
-        out = model(x)
-        out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    ref_out, ref_grads = run()
-    model.set_grad_checkpointing(True)
-    assert all(s.grad_checkpointing for s in model.stages)
-    out, grads = run()
-    assert torch.allclose(out, ref_out, atol=1e-6)
-    for name in ref_grads:
-        assert torch.allclose(grads[name], ref_grads[name], atol=1e-6), name
+    assert_grad_checkpointing_equivalent(model, torch.randn(2, 3, 64, 64))
 
 
 def test_backward_reaches_every_parameter():
-    model = timm.create_model('lg_tiny', **TINY).train()
-    model(torch.randn(2, 3, 48, 64)).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert_backward_reaches_every_parameter(timm.create_model('lg_tiny', **TINY).train(), torch.randn(2, 3, 48, 64))
 
 
 def test_no_weight_decay_and_optimizer_groups():
