@@ -294,3 +294,18 @@ def test_train_lg_nano_on_digits_end_to_end(tmp_path):
     assert summary['model'] == 'lg_nano' and summary['epochs'] == 1 and summary['best_top1'] > 10
     model = cvtlab.load_model(out / 'best.safetensors')
     assert type(model).__name__ != 'CvT' and model.num_classes == 10
+
+
+def test_ema_bf16_accumulation_clipping_and_sgd_run(tmp_path):
+    """The optional loop features work together: EMA weights are what gets saved and evaluated."""
+    out = tmp_path / 'opts'
+    config = make_config(epochs=1, num_workers=0, quiet=True, output=str(out), ema=True, ema_decay=0.9,
+                         grad_accum=2, clip_grad=1.0, opt='sgd', lr=0.05, channels_last=True, mixup=0.2,
+                         cutmix=0.2)
+    summary = cvtlab.train(config)
+    assert summary['epochs'] == 1 and summary['best_top1'] is not None
+    state = torch.load(out / 'train_state.pt', weights_only=True)
+    assert state['ema'] is not None and state['run']['step'] == 22
+    saved = cvtlab.checkpoint.read_state_dict(out / 'last.safetensors')
+    assert all(torch.equal(saved[k], state['ema'][k]) for k in saved)  # the EMA weights, not the raw ones
+    assert not all(torch.equal(state['model'][k], state['ema'][k]) for k in saved)
