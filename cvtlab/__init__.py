@@ -4,16 +4,18 @@ Importing this package registers every model with timm: `timm.create_model('cvt_
 `import cvtlab`.
 """
 from . import models  # noqa: F401  (registers the families with timm)
+from .benchmark import benchmark_model, compare_hf
 from .checkpoint import load_checkpoint, save_model
 from .errors import CheckpointError, ConfigError, CvtlabError, DataError
 from .flops import count_macs, count_params
 from .registry import convert_checkpoint, create_model, list_models, load_model
 from .config import TrainConfig, make_config
 from .inference import evaluate, predict
+from .models.cvt import fuse_for_inference
 from .trainer import train
 
 __all__ = [
     'create_model', 'list_models', 'load_model', 'load_checkpoint', 'save_model', 'convert_checkpoint',
-    'count_macs', 'count_params', 'train', 'evaluate', 'predict', 'TrainConfig', 'make_config', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
+    'count_macs', 'count_params', 'benchmark_model', 'compare_hf', 'fuse_for_inference', 'train', 'evaluate', 'predict', 'TrainConfig', 'make_config', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
 ]
 __version__ = '0.1.0'

@@ -16,6 +16,7 @@ import copy
 import ctypes
 import gc
 import statistics
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -176,6 +177,7 @@ class _Subject:
     infer: nn.Module
     train: Optional[nn.Module]
     call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda m, x: m(x)
+    dtype: Optional[str] = None  # autocast dtype for this subject; None: the run's dtype
 
 
 def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
@@ -198,15 +200,16 @@ def _input(s: BenchSettings, batch_size: int, img_size: Tuple[int, int]) -> torc
     return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
 
 
-def _autocast(s: BenchSettings):
-    if s.dtype == 'fp32':
+def _autocast(s: BenchSettings, subject: _Subject):
+    dtype = subject.dtype or s.dtype
+    if dtype == 'fp32':
         return nullcontext()
-    return torch.autocast(torch.device(s.device).type, dtype=DTYPES[s.dtype])
+    return torch.autocast(torch.device(s.device).type, dtype=DTYPES[dtype])
 
 
 def _infer_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
     def step():
-        with torch.inference_mode(), _autocast(s):
+        with torch.inference_mode(), _autocast(s, subject):
             return subject.call(subject.infer, x)
     return step
 
@@ -218,7 +221,7 @@ def _train_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callabl
     loss_fn = nn.CrossEntropyLoss()
 
     def step():
-        with _autocast(s):
+        with _autocast(s, subject):
             loss = loss_fn(subject.call(model, x).float(), target)
         loss.backward()
         optimizer.step()
@@ -357,10 +360,12 @@ def hf_max_abs_diff(model: nn.Module, hf: nn.Module, img_size: Tuple[int, int]) 
             m.activation = act
 
 
-def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args: Optional[dict] = None) -> List[dict]:
+def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args: Optional[dict] = None,
+               hf_dtype: Optional[str] = None) -> List[dict]:
     """cvtlab's `name` and the same CvT in HF transformers, same weights, interleaved in one run.
 
-    `model_args` overrides the variant's architecture (e.g. a tiny config in tests).
+    `model_args` overrides the variant's architecture (e.g. a tiny config in tests); `hf_dtype` runs HF
+    in another dtype than ours (e.g. ours bf16 against HF fp32).
     Returns [ours, hf]; ours carries the ratios `*_vs_hf` (speed: ours / HF; memory: ours / HF).
     """
     s = settings
@@ -376,17 +381,19 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
     params = sum(p.numel() for p in model.parameters())
     macs = gmacs(name, img_size, model) if not model_args else count_macs(model, (3, *img_size)) / 1e9
     hf_label = f'hf:{name}'
-    hf_settings = replace(s, fuse=False, grad_checkpointing=False)  # HF has neither
+    hf_settings = replace(s, fuse=False, grad_checkpointing=False, dtype=hf_dtype or s.dtype)  # HF has neither
     subjects = [
         _Subject(name, _prepare(copy.deepcopy(model), s, False),
                  _prepare(copy.deepcopy(model), s, True) if s.train else None),
         _Subject(hf_label, _prepare(copy.deepcopy(hf), hf_settings, False),
-                 _prepare(copy.deepcopy(hf), hf_settings, True) if s.train else None, _hf_call),
+                 _prepare(copy.deepcopy(hf), hf_settings, True) if s.train else None, _hf_call,
+                 hf_settings.dtype),
     ]
     del model, hf
     rows = _measure(subjects, s, img_size)
     ours = _finish(dict(model=name, **_settings_fields(s), **rows[name]), macs, rate, params)
-    theirs = _finish(dict(model=hf_label, **_settings_fields(hf_settings), **rows[hf_label]), macs, rate, params)
+    hf_rate = rate if hf_settings.dtype == s.dtype else matmul_rate(DTYPES[hf_settings.dtype], s.device)
+    theirs = _finish(dict(model=hf_label, **_settings_fields(hf_settings), **rows[hf_label]), macs, hf_rate, params)
     ours['hf_max_abs_diff'] = diff
     for key, ratio in [('infer_samples_per_sec', 'infer_vs_hf'), ('train_samples_per_sec', 'train_vs_hf'),
                        ('infer_latency_ms', 'latency_vs_hf'), ('infer_peak_mem_mb', 'infer_mem_vs_hf'),
@@ -471,6 +478,7 @@ def add_benchmark_parser(sub):
     p.add_argument('--repeats', type=int, default=3, help='timed calls per model (default 3)')
     p.add_argument('--latency-repeats', type=int, default=10, help='timed batch-1 calls (default 10)')
     p.add_argument('--compare', choices=['hf'], help='also run the same CvT in HF transformers, same weights')
+    p.add_argument('--hf-dtype', choices=sorted(DTYPES), help='with --compare hf: HF in this dtype (default: --dtype)')
     p.add_argument('--sweep-res', help='comma-separated resolutions, e.g. 224,384,512,768,1024')
     p.add_argument('--plot', default='benchmark_sweep.png', help='PNG for --sweep-res (default %(default)s)')
     p.add_argument('--json', action='store_true', help='print the results as JSON')
@@ -502,21 +510,22 @@ def cmd_benchmark(args) -> int:
     elif args.compare == 'hf':
         if len(args.models) != 1:
             raise ConfigError('--compare hf takes exactly one CvT model')
-        rows, plot = compare_hf(args.models[0], s), None
+        rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype), None
     else:
         rows, plot = benchmark_models(args.models, s), None
     if args.json:
         print(json.dumps(dict(settings=asdict(s), results=rows, plot=plot), indent=2))
     else:
         _print_table(rows, sweep)
+    summary = sys.stderr if args.json else sys.stdout  # --json keeps stdout machine-readable
     if plot:
-        print(f'* plot written to {plot}')
+        print(f'* plot written to {plot}', file=summary)
     for r in rows:
         if 'error' not in r:
             print(f"* {r['model']}: {r['infer_samples_per_sec']:.2f} img/s inference "
                   f"(batch {r['infer_batch_size']}, {r['infer_img_size'][0]} px, {s.dtype})"
                   + (f", {r['train_samples_per_sec']:.2f} img/s training" if 'train_samples_per_sec' in r else '')
-                  + (f", peak {r['infer_peak_mem_mb']:.0f} MiB" if 'infer_peak_mem_mb' in r else ''))
+                  + (f", peak {r['infer_peak_mem_mb']:.0f} MiB" if 'infer_peak_mem_mb' in r else ''), file=summary)
     return 0
 
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# CvT-13 against HF transformers' CvtForImageClassification, same weights, interleaved in one process per
+# command (ratios are what to read: the machine is small and shared). Results: benchmarks/results/*.json.
+# HF keeps its exact GELU (one op; the official QuickGELU is three), which only favours HF.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CVTLAB=${CVTLAB:-.venv/bin/cvtlab}
+out=benchmarks/results
+mkdir -p $out
+# inference + training + memory, 224, batch 32
+$CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --json > $out/cvt13_hf_224_b32.json
+# inference + training + memory, 384, batch 8
+$CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 5 --no-latency --json > $out/cvt13_hf_384_b8.json
+# training memory at 384 with activation checkpointing (ours only; HF has none)
+$CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 3 --no-latency --grad-checkpointing \
+    --json > $out/cvt13_hf_384_b8_ckpt.json
+# bf16: see benchmarks/ablation.py (fused_bf16) and benchmarks/profile_cvt13.py --bf16; a direct
+# `--dtype bf16 --hf-dtype fp32` compare did not finish on this CPU (BENCHMARKS.md, bf16 row)
