@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(BIN)/cvtlab predict $(DEMO)/samples --checkpoint $(DEMO) --top-k 3
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
