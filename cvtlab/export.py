@@ -36,12 +36,6 @@ def preprocessing(model: nn.Module) -> dict:
                                                                   logits=['batch']))
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
-    """Fold BatchNorm into the preceding convs (every module with a `fuse()` method, via timm)."""
-    from timm.utils.model import reparameterize_model
-    return reparameterize_model(model.eval(), inplace=True)
-
-
 def export_onnx(model: nn.Module, path, *, fuse: bool = False, opset: int = 17,
                 check_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> dict:
     """Write `path` (.onnx) and `<stem>.preprocess.json`; compare onnxruntime with PyTorch at two sizes.
@@ -57,8 +51,9 @@ def export_onnx(model: nn.Module, path, *, fuse: bool = False, opset: int = 17,
         raise ConfigError(f'{path}: the output file must end in .onnx')
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    if fuse:
-        model = fuse_for_inference(model)
+    if fuse:  # every module with a fuse() method (BN folded into the depth-wise convs, QuickGELU as SiLU)
+        from .models.cvt import fuse_for_inference
+        model = fuse_for_inference(model, inplace=True)
     input_size = model.pretrained_cfg.get('input_size', (3, 224, 224))
     sizes = check_sizes or _check_sizes(input_size)
     # batch 2: a size-1 example dimension would be specialised to 1 in the graph

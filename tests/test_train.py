@@ -151,7 +151,6 @@ def test_kill_9_leaves_loadable_checkpoint_and_resume_completes(tmp_path):
     proc.wait()
     assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
     torch.load(out / 'train_state.pt', weights_only=True)
-    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')] or True  # temporaries never replace files
     resumed = run_cli('train', '--output', out, '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / 'summary.json').read_text())['epochs'] == 3
