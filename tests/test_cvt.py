@@ -1,4 +1,5 @@
 """CvT against the paper's tables and the timm model contract."""
+import copy
 import pytest
 import timm
 import timm.optim
@@ -90,11 +91,32 @@ def test_architecture_quirks():
     assert model.stages[0].patch_embed.proj.bias is not None
     assert [s.cls_token is not None for s in model.stages] == [False, False, True]
     assert model.stages[0].blocks[0].norm1.eps == 1e-5
-    x = torch.linspace(-4, 4, 9)
-    act = model.stages[0].blocks[0].mlp.act
-    assert torch.allclose(act(x), x * torch.sigmoid(1.702 * x))  # QuickGELU
+    mlp = model.stages[0].blocks[0].mlp  # fc2(QuickGELU(fc1 x)), however it is computed
+    x = torch.randn(5, 64) * 3
+    z = mlp.fc1(x)
+    assert torch.allclose(mlp(x), mlp.fc2(z * torch.sigmoid(1.702 * z)), atol=1e-5)
     assert not any(isinstance(m, nn.GELU) for m in model.modules())
     assert not any('pos_embed' in k for k in model.state_dict())
+
+
+def test_mlp_trains_exactly_like_quickgelu():
+    """The MLP computes QuickGELU as one SiLU on rescaled weights: same outputs and gradients as the
+    textbook fc1 -> z sigmoid(1.702 z) -> fc2, in training and after fuse()."""
+    mlp = timm.create_model('cvt_13', **TINY).stages[0].blocks[0].mlp
+    reference = copy.deepcopy(mlp)
+    x = torch.randn(2, 7, mlp.fc1.in_features) * 3
+
+    def textbook(m, x):
+        z = m.fc1(x)
+        return m.fc2(z * torch.sigmoid(1.702 * z))
+    out, ref = mlp(x), textbook(reference, x)
+    assert (out - ref).abs().max() < 1e-5
+    (out ** 2).sum().backward()
+    (ref ** 2).sum().backward()
+    for (name, p), q in zip(mlp.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5), name
+    with torch.no_grad():
+        assert (mlp.fuse().fuse()(x) - ref).abs().max() < 1e-5  # idempotent
 
 
 def test_layernorm_computes_in_fp32():
