@@ -2,8 +2,14 @@
 
 Variants: `before` = cvt.py as of commit bf8470c (before the speed work), `layout` = current code without
 fusing (channels_last token<->map views, no cat without a cls token), `fused` = + `fuse_for_inference`
-(BN folded, QuickGELU as one SiLU), `fused_bf16` = + bf16 autocast, `fused_compiled` = + torch.compile.
-Usage: .venv/bin/python benchmarks/ablation.py [--batch-size 16] [--img-size 224] [--repeats 5] [--compile]
+(BN folded, QuickGELU as one SiLU), `fused_bf16` = + bf16 autocast, `fused_compiled` = + torch.compile,
+`fused_compiled_frozen` = + torch.compile with inductor freezing.
+
+With --train: one SGD training step (forward, cross-entropy, backward) instead, variants `before`,
+`before_mlp` (commit d3100cd: QuickGELU as three element-wise ops), `current` (QuickGELU as one SiLU on
+rescaled weights) and `hf` (HF transformers' CvT, same weights, its exact GELU).
+Usage: .venv/bin/python benchmarks/ablation.py [--batch-size 16] [--img-size 224] [--repeats 5] [--compile] [--no-bf16]
+       .venv/bin/python benchmarks/ablation.py --train [--batch-size 32] [--repeats 4]
 """
 import argparse
 import importlib.util
@@ -22,17 +28,18 @@ import cvtlab  # noqa: F401  (registers the models)
 from cvtlab.models.cvt import fuse_for_inference
 
 BEFORE = 'bf8470c'
+BEFORE_MLP = 'd3100cd'
 
 
-def old_cvt_class():
-    """The CvT class from the `BEFORE` commit, imported under another name (its registration stripped)."""
+def old_cvt_class(commit: str = BEFORE):
+    """The CvT class from `commit`, imported under another name (its registration stripped)."""
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(['git', 'show', f'{BEFORE}:cvtlab/models/cvt.py'], cwd=root, check=True,
+    src = subprocess.run(['git', 'show', f'{commit}:cvtlab/models/cvt.py'], cwd=root, check=True,
                          capture_output=True, text=True).stdout
     src = src.replace('from ..layers', 'from cvtlab.layers').replace('@register_model\n', '')
-    path = Path(tempfile.mkdtemp()) / 'cvt_before.py'
+    path = Path(tempfile.mkdtemp()) / f'cvt_{commit}.py'
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location('cvt_before', path)
+    spec = importlib.util.spec_from_file_location(f'cvt_{commit}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.CvT
@@ -44,7 +51,11 @@ def main():
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--compile', action='store_true')
+    p.add_argument('--train', action='store_true', help='time training steps instead of inference')
+    p.add_argument('--no-bf16', action='store_true', help='skip the (slow on CPUs without bf16 GEMMs) bf16 variant')
     args = p.parse_args()
+    if args.train:
+        return train_ablation(args)
     torch.manual_seed(0)
     new = timm.create_model('cvt_13').eval()
     with torch.no_grad():  # non-trivial BN statistics, so that folding them is exercised
@@ -56,10 +67,15 @@ def main():
     before = old_cvt_class()().eval()
     before.load_state_dict(new.state_dict())
     fused = fuse_for_inference(new)
-    variants = {'before': (before, False), 'layout': (new, False), 'fused': (fused, False),
-                'fused_bf16': (fused, True)}
+    variants = {'before': (before, False), 'layout': (new, False), 'fused': (fused, False)}
+    if not args.no_bf16:
+        variants['fused_bf16'] = (fused, True)
     if args.compile:
         variants['fused_compiled'] = (torch.compile(fused, fullgraph=True, dynamic=False), False)
+        # inductor freezing: weights as constants, so GEMMs run pre-packed with fused bias/activation
+        frozen = fuse_for_inference(new)
+        variants['fused_compiled_frozen'] = (torch.compile(frozen, fullgraph=True, dynamic=False,
+                                                           options={'freezing': True}), False)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def run(model, bf16):
@@ -80,6 +96,52 @@ def main():
     for r in rows:
         print(f"{r['variant']:15s} {r['img_per_sec']:7.2f} img/s  x{r['speedup_vs_before']:.3f}  "
               f"max|diff| {r['max_abs_diff_vs_before']:.1e}")
+    print(json.dumps(dict(settings=vars(args), torch=torch.__version__, results=rows)), file=sys.stderr)
+
+
+def train_ablation(args):
+    from cvtlab.benchmark import _hf_call, hf_twin
+    torch.manual_seed(0)
+    current = timm.create_model('cvt_13', drop_path_rate=0.0).train()  # as the old defaults and HF: no stochastic depth
+    hf = hf_twin(current).train()  # random HF weights, copied into `current`
+    variants = {'before': old_cvt_class(BEFORE)(), 'before_mlp': old_cvt_class(BEFORE_MLP)(), 'current': current}
+    for model in variants.values():
+        model.load_state_dict(current.state_dict())
+        model.train()
+    variants['hf'] = hf
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    target = torch.randint(0, 1000, (args.batch_size,))
+
+    def step(name, model):
+        logits = _hf_call(model, x) if name == 'hf' else model(x)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        loss.backward()
+        grad = model.classifier.weight.grad if name == 'hf' else model.head.weight.grad
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grad
+
+    ref_loss, ref_grad = step('before', variants['before'])
+    diffs = {}
+    for name, model in variants.items():  # also the warm-up call
+        loss, grad = step(name, model)
+        diffs[name] = (abs(loss - ref_loss), (grad - ref_grad).abs().max().item())
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, model in variants.items():
+            start = time.perf_counter()
+            step(name, model)
+            times[name].append(time.perf_counter() - start)
+    hf_time = statistics.median(times['hf'])
+    rows = [dict(variant=k, img_per_sec=args.batch_size / statistics.median(t),
+                 speedup_vs_before=statistics.median(times['before']) / statistics.median(t),
+                 vs_hf=hf_time / statistics.median(t), loss_diff_vs_before=diffs[k][0],
+                 head_grad_diff_vs_before=diffs[k][1]) for k, t in times.items()]
+    print(f'CvT-13 training step, batch {args.batch_size}, {args.img_size}px, {torch.get_num_threads()} threads '
+          f'(hf uses exact GELU, so its loss differs slightly)')
+    for r in rows:
+        print(f"{r['variant']:12s} {r['img_per_sec']:6.2f} img/s  x{r['speedup_vs_before']:.3f} vs before  "
+              f"x{r['vs_hf']:.3f} vs hf  |loss diff| {r['loss_diff_vs_before']:.1e}  "
+              f"max|head grad diff| {r['head_grad_diff_vs_before']:.1e}")
     print(json.dumps(dict(settings=vars(args), torch=torch.__version__, results=rows)), file=sys.stderr)
 
 

@@ -14,5 +14,10 @@ $CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 5 --no-laten
 # training memory at 384 with activation checkpointing (ours only; HF has none)
 $CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 3 --no-latency --grad-checkpointing \
     --json > $out/cvt13_hf_384_b8_ckpt.json
+# torch.compile: ours compiled (inference with inductor freezing) against HF eager, then both compiled
+$CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --no-train --no-latency --compile --hf-eager \
+    --json > $out/cvt13_hf_224_b32_compiled_vs_eager.json
+$CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --no-train --no-latency --compile \
+    --json > $out/cvt13_hf_224_b32_both_compiled.json
 # bf16: see benchmarks/ablation.py (fused_bf16) and benchmarks/profile_cvt13.py --bf16; a direct
 # `--dtype bf16 --hf-dtype fp32` compare did not finish on this CPU (BENCHMARKS.md, bf16 row)

@@ -1,6 +1,11 @@
-"""Where CvT-13 inference time goes (fused, fp32 or bf16 autocast), and whether bf16 kernels are fast here.
+"""Where CvT-13 time goes (fused inference, fp32 or bf16 autocast), and whether bf16 kernels are fast here.
+
+With --compare-hf: the same weights in cvtlab and in HF transformers, inference (ours fused) or a training
+step (--train), op self-times grouped into GEMM / attention / conv / activation / norm / copy / other, so
+the bound on the ratio is visible: both run the same GEMMs.
 
 Usage: .venv/bin/python benchmarks/profile_cvt13.py [--batch-size 8] [--img-size 224] [--bf16]
+       .venv/bin/python benchmarks/profile_cvt13.py --compare-hf [--train] [--batch-size 4]
 Run with OMP_NUM_THREADS=1 for a profile that a busy neighbour on the other core does not distort.
 """
 import argparse
@@ -34,12 +39,74 @@ def bf16_probe():
                   f'  dw-conv 2x384x14x14 s2 {ms(lambda: F.conv2d(x.to(dtype), cw.to(dtype), None, 2, 1, 1, 384)):7.2f} ms')
 
 
+CATEGORIES = (  # (category, substrings of aten op names), first match wins
+    ('GEMM (Linears, HF attention bmm)', ('addmm', 'aten::mm', 'bmm', 'baddbmm')),
+    ('attention (SDPA / softmax)', ('scaled_dot_product', 'softmax')),
+    ('conv', ('conv',)),
+    ('activation (+ its muls)', ('sigmoid', 'silu', 'gelu', 'aten::mul')),
+    ('norm (LayerNorm, BN)', ('layer_norm', 'batch_norm')),
+    ('copies (copy_, cat, clone)', ('copy_', 'aten::cat', 'clone')),
+)
+
+
+def categorised_ms(prof) -> dict:
+    totals = {name: 0.0 for name, _ in CATEGORIES}
+    totals['other'] = 0.0
+    for event in prof.key_averages():
+        if not event.key.startswith('aten::'):
+            continue  # autograd wrappers: their self time is bookkeeping, counted under other via the total
+        name = next((c for c, keys in CATEGORIES if any(k in event.key for k in keys)), 'other')
+        totals[name] += event.self_cpu_time_total / 1e3
+    return totals
+
+
+def compare_hf_profile(args):
+    from cvtlab.benchmark import _hf_call, hf_twin
+    torch.manual_seed(0)
+    ours = timm.create_model('cvt_13')
+    hf = hf_twin(ours)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    if args.train:
+        ours.train(), hf.train()
+        subjects = {'cvtlab': lambda: ours(x).mean().backward(), 'hf': lambda: _hf_call(hf, x).mean().backward()}
+    else:
+        ours, hf = fuse_for_inference(ours), hf.eval()
+        subjects = {'cvtlab': lambda: ours(x), 'hf': lambda: _hf_call(hf, x)}
+    rows = {}
+    with torch.inference_mode(not args.train):
+        for name, step in subjects.items():
+            step()
+            start = time.perf_counter()
+            step()
+            wall = time.perf_counter() - start
+            with profile() as prof:
+                step()
+            rows[name] = dict(categorised_ms(prof), wall=1e3 * wall)
+    what = 'training step' if args.train else 'inference (ours fused)'
+    print(f'CvT-13 {what}, batch {args.batch_size}, {args.img_size}px, {torch.get_num_threads()} thread(s); '
+          f'op self time in ms')
+    print(f'{"":36s} {"cvtlab":>9s} {"hf":>9s}')
+    for cat in [c for c, _ in CATEGORIES] + ['other']:
+        print(f'{cat:36s} {rows["cvtlab"][cat]:9.1f} {rows["hf"][cat]:9.1f}')
+    sums = {k: sum(v for c, v in r.items() if c != 'wall') for k, r in rows.items()}
+    print(f'{"sum of op self times":36s} {sums["cvtlab"]:9.1f} {sums["hf"]:9.1f}')
+    print(f'{"wall time, unprofiled call":36s} {rows["cvtlab"]["wall"]:9.1f} {rows["hf"]["wall"]:9.1f}')
+    gemm = rows['cvtlab'][CATEGORIES[0][0]]
+    print(f'hf / cvtlab (op sums): {sums["hf"] / sums["cvtlab"]:.2f}x; upper bound if everything but our GEMMs '
+          f'cost nothing: {sums["hf"] / gemm:.2f}x; if only GEMM + attention + conv remain: '
+          f'{sums["hf"] / (gemm + rows["cvtlab"][CATEGORIES[1][0]] + rows["cvtlab"]["conv"]):.2f}x')
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--bf16', action='store_true')
+    p.add_argument('--compare-hf', action='store_true', help='categorised profile of cvtlab against HF')
+    p.add_argument('--train', action='store_true', help='with --compare-hf: a training step')
     args = p.parse_args()
+    if args.compare_hf:
+        return compare_hf_profile(args)
     model = fuse_for_inference(timm.create_model('cvt_13'))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=args.bf16):

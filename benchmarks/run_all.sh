@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Every number in BENCHMARKS.md, in order (~20 min on a 2-core CPU).
+# Every number in BENCHMARKS.md, in order (~40 min on a 2-core CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
-(lscpu | grep -E 'Model name|^CPU\(s\)'; .venv/bin/python -c 'import torch, transformers, timm; print("torch", torch.__version__, "transformers", transformers.__version__, "timm", timm.__version__)'; date -u) > benchmarks/results/machine.txt
-.venv/bin/python benchmarks/ablation.py --batch-size 16 --repeats 5 --compile 2> benchmarks/results/ablation.json | tee benchmarks/results/ablation.txt
+r=benchmarks/results
+(lscpu | grep -E 'Model name|^CPU\(s\)'; .venv/bin/python -c 'import torch, transformers, timm; print("torch", torch.__version__, "transformers", transformers.__version__, "timm", timm.__version__)'; date -u) > $r/machine.txt
 benchmarks/cvt13_vs_hf.sh
+.venv/bin/python benchmarks/ablation.py --batch-size 16 --repeats 5 --compile 2> $r/ablation.json | tee $r/ablation.txt
+.venv/bin/python benchmarks/ablation.py --train --batch-size 32 --repeats 4 2> $r/ablation_train.json | tee $r/ablation_train.txt
+.venv/bin/python benchmarks/kv_merge.py | tee $r/kv_merge.txt
+OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --compare-hf --batch-size 8 > $r/profile_infer_vs_hf_1thread.txt 2>&1
+OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --compare-hf --train --batch-size 4 > $r/profile_train_vs_hf_1thread.txt 2>&1
+OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --batch-size 8 > $r/profile_fp32_1thread.txt 2>&1
 benchmarks/sweep_res.sh
-OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --batch-size 8 > benchmarks/results/profile_fp32_1thread.txt 2>&1

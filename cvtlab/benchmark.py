@@ -7,8 +7,9 @@ names follow timm's `benchmark.py` (`infer_samples_per_sec`, `train_step_time`, 
 Timing rules, because the machines this runs on are small and shared:
 - every model under comparison is timed in the same process, its repetitions interleaved with the
   others' (A B A B ...), and medians are reported, so ratios are fair even when absolute times drift;
-- the device's matmul rate is measured in the same run, so "fraction of the matmul rate" needs no
-  number from elsewhere;
+- the device's matmul rate is measured in the same run, as one more step interleaved with the models'
+  inference steps (so it sees the same contention; a probe taken once before the run drifted 97-161
+  GFLOP/s between runs on a shared 2-core CPU), and "fraction of the matmul rate" needs no other number;
 - CPU memory is the growth of the process RSS during one step (sampled every 0.5 ms, after handing
   freed heap back with `malloc_trim`); on CUDA it is `max_memory_allocated` above the step's start.
 """
@@ -62,14 +63,28 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(dtype: torch.dtype = torch.float32, device: str = 'cpu', n: int = 1536, repeats: int = 8) -> float:
-    """The device's dense matmul rate in GFLOP/s (n x n x n, median of `repeats`): the ceiling a model's
-    GEMMs can reach on this machine, measured now rather than taken from a datasheet."""
+PROBE = 'matmul probe'
+
+
+def matmul_probe(dtype: torch.dtype = torch.float32, device: str = 'cpu', n: int = 1536,
+                 calls: int = 4) -> Tuple[Callable[[], object], float]:
+    """A step of `calls` dense n x n x n matmuls, and its GFLOP: timed like a model, its rate is the
+    ceiling a model's GEMMs can reach on this machine, measured now rather than taken from a datasheet."""
     device = torch.device(device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    times = time_interleaved({'mm': lambda: a @ b}, warmup=2, repeats=repeats, device=device)['mm']
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+    def step():
+        for _ in range(calls):
+            a @ b
+    return step, 2 * n ** 3 * calls / 1e9
+
+
+def matmul_rate(dtype: torch.dtype = torch.float32, device: str = 'cpu', repeats: int = 8) -> float:
+    """The device's dense matmul rate in GFLOP/s, on its own (median of `repeats` probe steps)."""
+    step, gflop = matmul_probe(dtype, device)
+    times = time_interleaved({PROBE: step}, warmup=1, repeats=repeats, device=torch.device(device))[PROBE]
+    return gflop / statistics.median(times)
 
 
 def time_interleaved(steps: Dict[str, Callable[[], object]], warmup: int, repeats: int,
@@ -191,7 +206,10 @@ def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
         from timm.utils.model import reparameterize_model
         model = reparameterize_model(model, inplace=True)
     if s.compile:
-        model = torch.compile(model, dynamic=False)  # dynamic=False: the training crash, ecosystem.md Sec. 2
+        # dynamic=False: the training crash, ecosystem.md Sec. 2. Inference copies also get inductor's
+        # freezing (weights become constants: pre-packed oneDNN GEMMs with bias/activation epilogues)
+        options = None if training else {'freezing': True}
+        model = torch.compile(model, dynamic=False, options=options)
     return model
 
 
@@ -229,13 +247,20 @@ def _train_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callabl
     return step
 
 
-def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, int]) -> Dict[str, dict]:
-    """Every measurement for every subject, timings interleaved across subjects."""
+def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, int],
+             probe: bool = True) -> Tuple[Dict[str, dict], Optional[float]]:
+    """Every measurement for every subject, timings interleaved across subjects; with `probe`, the
+    matmul rate (GFLOP/s) from a probe step interleaved with the inference steps, else None."""
     device = torch.device(s.device)
     rows = {sub.label: dict(infer_batch_size=s.batch_size, infer_img_size=list(img_size)) for sub in subjects}
     x = _input(s, s.batch_size, img_size)
     steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
-    for label, t in time_interleaved(steps, s.warmup, s.repeats, device).items():
+    timed = dict(steps)
+    if probe:
+        timed[PROBE], probe_gflop = matmul_probe(DTYPES[s.dtype], s.device)
+    times = time_interleaved(timed, s.warmup, s.repeats, device)
+    rate = probe_gflop / statistics.median(times.pop(PROBE)) if probe else None
+    for label, t in times.items():
         rows[label].update(infer_step_time=1e3 * statistics.median(t),
                            infer_samples_per_sec=s.batch_size / statistics.median(t))
     if s.latency:
@@ -255,7 +280,7 @@ def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, in
         if s.memory:
             for label, step in train_steps.items():
                 rows[label]['train_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
-    return rows
+    return rows, rate
 
 
 def _finish(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
@@ -292,7 +317,6 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
         _check(name, s)
     res = s.img_size or default_img_size(names[0])
     img_size = (res, res)
-    rate = matmul_rate(DTYPES[s.dtype], s.device)
     subjects, extra = [], {}
     for name in names:
         model = _create(name, img_size)
@@ -301,7 +325,7 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
         train = _prepare(copy.deepcopy(model), s, training=True) if s.train else None
         subjects.append(_Subject(name, _prepare(model, s, training=False), train))
         extra[name] = (macs, params)
-    rows = _measure(subjects, s, img_size)
+    rows, rate = _measure(subjects, s, img_size)
     return [_finish(dict(model=name, **_settings_fields(s), **rows[name]), extra[name][0], rate, extra[name][1])
             for name in names]
 
@@ -361,18 +385,18 @@ def hf_max_abs_diff(model: nn.Module, hf: nn.Module, img_size: Tuple[int, int]) 
 
 
 def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args: Optional[dict] = None,
-               hf_dtype: Optional[str] = None) -> List[dict]:
+               hf_dtype: Optional[str] = None, hf_eager: bool = False) -> List[dict]:
     """cvtlab's `name` and the same CvT in HF transformers, same weights, interleaved in one run.
 
     `model_args` overrides the variant's architecture (e.g. a tiny config in tests); `hf_dtype` runs HF
-    in another dtype than ours (e.g. ours bf16 against HF fp32).
+    in another dtype than ours (e.g. ours bf16 against HF fp32); `hf_eager` leaves HF uncompiled when
+    `settings.compile` compiles ours (what an HF user runs today).
     Returns [ours, hf]; ours carries the ratios `*_vs_hf` (speed: ours / HF; memory: ours / HF).
     """
     s = settings
     _check(name, s)
     res = s.img_size or default_img_size(name)
     img_size = (res, res)
-    rate = matmul_rate(DTYPES[s.dtype], s.device)
     import timm
     # as the HF twin: no stochastic depth
     model = timm.create_model(name, **{**(model_args or {}), 'drop_path_rate': 0.0}).eval()
@@ -381,7 +405,8 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
     params = sum(p.numel() for p in model.parameters())
     macs = gmacs(name, img_size, model) if not model_args else count_macs(model, (3, *img_size)) / 1e9
     hf_label = f'hf:{name}'
-    hf_settings = replace(s, fuse=False, grad_checkpointing=False, dtype=hf_dtype or s.dtype)  # HF has neither
+    hf_settings = replace(s, fuse=False, grad_checkpointing=False, dtype=hf_dtype or s.dtype,  # HF has neither
+                          compile=s.compile and not hf_eager)
     subjects = [
         _Subject(name, _prepare(copy.deepcopy(model), s, False),
                  _prepare(copy.deepcopy(model), s, True) if s.train else None),
@@ -390,7 +415,7 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
                  hf_settings.dtype),
     ]
     del model, hf
-    rows = _measure(subjects, s, img_size)
+    rows, rate = _measure(subjects, s, img_size)
     ours = _finish(dict(model=name, **_settings_fields(s), **rows[name]), macs, rate, params)
     hf_rate = rate if hf_settings.dtype == s.dtype else matmul_rate(DTYPES[hf_settings.dtype], s.device)
     theirs = _finish(dict(model=hf_label, **_settings_fields(hf_settings), **rows[hf_label]), macs, hf_rate, params)
@@ -423,7 +448,7 @@ def sweep_resolution(names: Sequence[str], resolutions: Sequence[int],
                 subjects.append(_Subject(name, _prepare(_create(name, img_size), s, training=False), None))
             except Exception as e:  # a model that cannot be built at this size is reported, not fatal
                 failed.append(dict(model=name, infer_img_size=[res, res], error=f'{type(e).__name__}: {e}'[:200]))
-        measured = _measure(subjects, s, img_size) if subjects else {}
+        measured = _measure(subjects, s, img_size, probe=False)[0] if subjects else {}
         for name, row in measured.items():
             row = dict(model=name, **row)
             row['pixels_per_sec'] = row['infer_samples_per_sec'] * res * res
@@ -437,23 +462,28 @@ def sweep_resolution(names: Sequence[str], resolutions: Sequence[int],
 
 
 def plot_sweep(rows: List[dict], path) -> str:
-    """Log-log img/s and memory against resolution, one line per model."""
+    """Three panels against resolution, one line per model: img/s, pixel rate relative to the first size
+    (flat = cost linear in pixels, falling = worse than linear), and peak memory."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for name in dict.fromkeys(r['model'] for r in rows):
         ok = [r for r in rows if r['model'] == name and 'error' not in r]
         res = [r['infer_img_size'][0] for r in ok]
         axes[0].plot(res, [r['infer_samples_per_sec'] for r in ok], 'o-', label=name)
-        axes[1].plot(res, [r.get('infer_peak_mem_mb', float('nan')) for r in ok], 'o-', label=name)
-    axes[0].set(title='inference throughput', xlabel='resolution (px)', ylabel='img/s')
-    axes[1].set(title='inference peak memory', xlabel='resolution (px)', ylabel='MiB')
+        axes[1].plot(res, [r['pixel_rate_vs_first'] for r in ok], 'o-', label=name)
+        axes[2].plot(res, [r.get('infer_peak_mem_mb', float('nan')) for r in ok], 'o-', label=name)
+    first = min((r['infer_img_size'][0] for r in rows if 'error' not in r), default=0)
+    axes[0].set(title='inference throughput', xlabel='resolution (px)', ylabel='img/s', yscale='log')
+    axes[1].set(title=f'pixels/s relative to {first} px (1 = linear cost)', xlabel='resolution (px)',
+                ylabel='(img/s x pixels) / same at first size')
+    axes[1].axhline(1.0, color='grey', lw=0.8, ls='--')
+    axes[2].set(title='inference peak memory', xlabel='resolution (px)', ylabel='MiB', yscale='log')
     for ax in axes:
         ax.set_xscale('log')
-        ax.set_yscale('log')
         ax.grid(alpha=0.3, which='both')
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -469,7 +499,8 @@ def add_benchmark_parser(sub):
     p.add_argument('--dtype', default='fp32', choices=sorted(DTYPES), help='fp32, or bf16 / fp16 autocast')
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--channels-last', action='store_true', help='channels_last model and input')
-    p.add_argument('--compile', action='store_true', help='torch.compile (dynamic=False) both copies')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile (dynamic=False) every copy; inference copies with freezing')
     p.add_argument('--no-fuse', action='store_true', help='keep BatchNorm unfolded in the inference copy')
     p.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing when training')
     p.add_argument('--no-train', action='store_true', help='skip the training measurements')
@@ -479,6 +510,7 @@ def add_benchmark_parser(sub):
     p.add_argument('--latency-repeats', type=int, default=10, help='timed batch-1 calls (default 10)')
     p.add_argument('--compare', choices=['hf'], help='also run the same CvT in HF transformers, same weights')
     p.add_argument('--hf-dtype', choices=sorted(DTYPES), help='with --compare hf: HF in this dtype (default: --dtype)')
+    p.add_argument('--hf-eager', action='store_true', help='with --compare hf and --compile: leave HF uncompiled')
     p.add_argument('--sweep-res', help='comma-separated resolutions, e.g. 224,384,512,768,1024')
     p.add_argument('--plot', default='benchmark_sweep.png', help='PNG for --sweep-res (default %(default)s)')
     p.add_argument('--json', action='store_true', help='print the results as JSON')
@@ -510,7 +542,7 @@ def cmd_benchmark(args) -> int:
     elif args.compare == 'hf':
         if len(args.models) != 1:
             raise ConfigError('--compare hf takes exactly one CvT model')
-        rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype), None
+        rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype, hf_eager=args.hf_eager), None
     else:
         rows, plot = benchmark_models(args.models, s), None
     if args.json:

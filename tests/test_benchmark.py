@@ -4,6 +4,7 @@ Timings are never asserted: the machines are small and shared. Only fields, exac
 """
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import timm
@@ -63,6 +64,25 @@ def test_compare_hf_same_weights():
     assert ours['hf_max_abs_diff'] < 1e-4  # same weights, HF's GELU swapped for QuickGELU for the check
     for ratio in ('infer_vs_hf', 'train_vs_hf', 'train_mem_vs_hf'):
         assert ours[ratio] > 0
+
+
+def test_compile_wiring_freezes_inference_and_can_leave_hf_eager(monkeypatch):
+    """--compile: every copy compiled, inference copies with inductor freezing; --hf-eager leaves HF alone.
+    torch.compile is replaced by a recorder (a real compile of four copies would take minutes)."""
+    pytest.importorskip('transformers')
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append((type(model).__name__, model.training, kwargs.get('options')))
+        return model
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    ours, hf = compare_hf('cvt_13', replace(TINY, compile=True, latency=False), model_args=SMALL_CVT,
+                          hf_eager=True)
+    assert sorted(calls, key=str) == [('CvT', False, {'freezing': True}), ('CvT', True, None)]
+    assert ours['compiled'] and not hf['compiled']
+    calls.clear()
+    compare_hf('cvt_13', replace(TINY, compile=True, latency=False, train=False), model_args=SMALL_CVT)
+    assert [c[0] for c in calls] == ['CvT', 'CvtForImageClassification']
 
 
 def test_sweep_and_plot(tmp_path):

@@ -10,6 +10,8 @@ behaviour kept only for that is tagged `parity:` (grep for it).
 Differences from the official implementation:
 - the cls-token squeeze keeps the batch dimension, so batch size 1 works (microsoft/CvT#24);
 - attention runs through `F.scaled_dot_product_attention` (explicit full-dim scale) instead of einsum;
+- the MLP's QuickGELU runs as one SiLU on rescaled fc weights (`QuickGeluMlp`): the same function, with
+  one element-wise pass instead of three;
 - stages live in a `stages` ModuleList (`stages.{i}.` keys instead of `stage{i}.`); the converters in
   `cvtlab.convert` map official and HF transformers checkpoints onto it;
 - `forward_features` returns all tokens after the final LayerNorm (the official model normalises the
