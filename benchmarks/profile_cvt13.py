@@ -5,10 +5,11 @@ step (--train), op self-times grouped into GEMM / attention / conv / activation 
 the bound on the ratio is visible: both run the same GEMMs.
 
 Usage: .venv/bin/python benchmarks/profile_cvt13.py [--batch-size 8] [--img-size 224] [--bf16]
-       .venv/bin/python benchmarks/profile_cvt13.py --compare-hf [--train] [--batch-size 4]
+       .venv/bin/python benchmarks/profile_cvt13.py --compare-hf [--train] [--by-shape] [--batch-size 4]
 Run with OMP_NUM_THREADS=1 for a profile that a busy neighbour on the other core does not distort.
 """
 import argparse
+import statistics
 import time
 
 import timm
@@ -72,25 +73,34 @@ def compare_hf_profile(args):
     else:
         ours, hf = fuse_for_inference(ours), hf.eval()
         subjects = {'cvtlab': lambda: ours(x), 'hf': lambda: _hf_call(hf, x)}
-    rows = {}
+    samples = {name: [] for name in subjects}  # per profiled call: {category: ms}
     with torch.inference_mode(not args.train):
-        for name, step in subjects.items():
-            step()
-            start = time.perf_counter()
-            step()
-            wall = time.perf_counter() - start
-            with profile() as prof:
+        for step in subjects.values():
+            step()  # warm-up
+        for repeat in range(args.repeats):  # the two models take turns, so drift hits both alike
+            for name, step in subjects.items():
+                start = time.perf_counter()
                 step()
-            rows[name] = dict(categorised_ms(prof), wall=1e3 * wall)
+                wall = 1e3 * (time.perf_counter() - start)
+                last = repeat == args.repeats - 1
+                with profile(record_shapes=args.by_shape and last) as prof:
+                    step()
+                samples[name].append(dict(categorised_ms(prof), wall=wall))
+                if args.by_shape and last:
+                    print(f'--- {name}: top ops by input shape (last profiled call)')
+                    print(prof.key_averages(group_by_input_shape=True).table(
+                        sort_by='self_cpu_time_total', row_limit=16, max_name_column_width=45,
+                        max_shapes_column_width=60))
+    rows = {name: {cat: statistics.median(r[cat] for r in runs) for cat in runs[0]} for name, runs in samples.items()}
     what = 'training step' if args.train else 'inference (ours fused)'
     print(f'CvT-13 {what}, batch {args.batch_size}, {args.img_size}px, {torch.get_num_threads()} thread(s); '
-          f'op self time in ms')
+          f'op self time in ms, median of {args.repeats} profiled calls per model')
     print(f'{"":36s} {"cvtlab":>9s} {"hf":>9s}')
     for cat in [c for c, _ in CATEGORIES] + ['other']:
         print(f'{cat:36s} {rows["cvtlab"][cat]:9.1f} {rows["hf"][cat]:9.1f}')
     sums = {k: sum(v for c, v in r.items() if c != 'wall') for k, r in rows.items()}
     print(f'{"sum of op self times":36s} {sums["cvtlab"]:9.1f} {sums["hf"]:9.1f}')
-    print(f'{"wall time, unprofiled call":36s} {rows["cvtlab"]["wall"]:9.1f} {rows["hf"]["wall"]:9.1f}')
+    print(f'{"wall time, unprofiled calls":36s} {rows["cvtlab"]["wall"]:9.1f} {rows["hf"]["wall"]:9.1f}')
     gemm = rows['cvtlab'][CATEGORIES[0][0]]
     print(f'hf / cvtlab (op sums): {sums["hf"] / sums["cvtlab"]:.2f}x; upper bound if everything but our GEMMs '
           f'cost nothing: {sums["hf"] / gemm:.2f}x; if only GEMM + attention + conv remain: '
@@ -104,6 +114,8 @@ def main():
     p.add_argument('--bf16', action='store_true')
     p.add_argument('--compare-hf', action='store_true', help='categorised profile of cvtlab against HF')
     p.add_argument('--train', action='store_true', help='with --compare-hf: a training step')
+    p.add_argument('--by-shape', action='store_true', help='with --compare-hf: also the top ops by input shape')
+    p.add_argument('--repeats', type=int, default=5, help='with --compare-hf: profiled calls per model')
     args = p.parse_args()
     if args.compare_hf:
         return compare_hf_profile(args)
