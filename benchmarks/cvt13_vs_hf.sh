@@ -19,5 +19,8 @@ $CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --no-trai
     --json > $out/cvt13_hf_224_b32_compiled_vs_eager.json
 $CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --no-train --no-latency --compile \
     --json > $out/cvt13_hf_224_b32_both_compiled.json
+# training compiled too (ours compiled, HF eager; ~6 min, most of it compiling)
+$CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 4 --no-latency --compile --hf-eager \
+    --json > $out/cvt13_hf_224_b32_train_compiled_vs_eager.json
 # bf16: see benchmarks/ablation.py (fused_bf16) and benchmarks/profile_cvt13.py --bf16; a direct
 # `--dtype bf16 --hf-dtype fp32` compare did not finish on this CPU (BENCHMARKS.md, bf16 row)
