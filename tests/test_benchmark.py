@@ -135,3 +135,23 @@ def test_compile_fullgraph_matches_eager():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (compiled(x) - model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize('name, kwargs', [('cvt_13', SMALL_CVT), ('lg_nano', {})])
+def test_dynamo_traces_training_and_eval_without_graph_breaks(name, kwargs):
+    """Both families, unfused, in training (forward + backward) and eval: dynamo captures one graph each
+    (backend='eager' checks the capture without paying inductor's compile time)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs)
+    x = torch.randn(2, 3, 32, 32) if name == 'cvt_13' else torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend='eager')
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(1)
+        ref = model(x)
+        torch.manual_seed(1)
+        out = compiled(x)
+        assert (out - ref).abs().max() <= 1e-5
+        if training:
+            out.sum().backward()
+            assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
