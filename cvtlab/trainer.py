@@ -89,7 +89,7 @@ def _seed_everything(seed: int, deterministic: bool):
         torch.backends.cudnn.benchmark = False
 
 
-def _setup_logging(run_dir: Optional[Path], quiet: bool):
+def _setup_logging(run_dir: Optional[Path]):
     _logger.setLevel(logging.INFO)
     _logger.propagate = False
     for h in list(_logger.handlers):
@@ -125,7 +125,7 @@ class Trainer:
             if not config.resume and (self.output / STATE_FILE).exists():
                 raise ConfigError(f'{self.output} already holds a run; pass --resume to continue it, '
                                   f'or choose another --output')
-        _setup_logging(self.output if self.is_main else None, config.quiet)
+        _setup_logging(self.output if self.is_main else None)
         if not self.is_main:
             _logger.setLevel(logging.WARNING)
         _seed_everything(config.seed + self.env.rank, config.deterministic)
