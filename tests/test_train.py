@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import cvtlab
+from cvtlab.cli import main
 from cvtlab.config import TrainConfig, make_config, recipe_names
 from cvtlab.errors import ConfigError, CvtlabError, DataError
 
@@ -225,21 +226,30 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
 
 
-def test_cli_errors_are_one_line(tmp_path, trained_run):
+def test_cli_errors_are_one_line(tmp_path, trained_run, capsys):
     out, _ = trained_run
-    cases = [
+    # errors raised before any training state exists: in this process (each CLI start costs ~9 s)
+    in_process = [
         (('train', '--epochs', '0'), 'epochs must be >= 1'),
-        (('train', '--model', 'cvt_99', '--output', tmp_path / 'a'), 'unknown model'),
-        (('train', '--amp', 'fp16', '--output', tmp_path / 'b', *FAST), 'fp16 needs a CUDA device'),
         (('train', '--recipe', 'nope'), 'unknown recipe'),
-        (('train', '--output', out, *FAST), 'already holds a run'),
-        (('train', '--output', tmp_path / 'none', '--resume', *FAST), 'no train_state.pt'),
         (('predict', tmp_path / 'missing.png', '--checkpoint', out), 'no such file'),
         (('predict', out / 'samples', '--checkpoint', tmp_path / 'nope.safetensors'), 'no such checkpoint'),
         (('predict', out / 'samples'), 'exactly one of --checkpoint or --model'),
         (('eval', '--checkpoint', out, '--data', tmp_path / 'gone'), 'no such data folder'),
     ]
-    for args, message in cases:
+    for args, message in in_process:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert_one_line_error(subprocess.CompletedProcess(args, code, '', err), message)
+    # errors from inside a starting run (seeds, determinism, logging already set up): real processes
+    in_subprocess = [
+        (('train', '--model', 'cvt_99', '--output', tmp_path / 'a'), 'unknown model'),
+        (('train', '--amp', 'fp16', '--output', tmp_path / 'b', *FAST), 'fp16 needs a CUDA device'),
+        (('train', '--output', out, *FAST), 'already holds a run'),
+        (('train', '--output', tmp_path / 'none', '--resume', *FAST), 'no train_state.pt'),
+    ]
+    for args, message in in_subprocess:
         assert_one_line_error(run_cli(*args), message)
     bad = run_cli('train', '--batch-size', 'many')
     assert bad.returncode == 2 and 'Traceback' not in bad.stderr and 'invalid int value' in bad.stderr
