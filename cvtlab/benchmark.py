@@ -531,6 +531,10 @@ def cmd_benchmark(args) -> int:
     import json
     sweep = bool(args.sweep_res)
     s = _settings_from_args(args, sweep)
+    if (args.hf_eager or args.hf_dtype) and args.compare != 'hf':
+        raise ConfigError('--hf-eager and --hf-dtype only apply with --compare hf')
+    if args.hf_eager and not args.compile:
+        raise ConfigError('--hf-eager only applies with --compile (without it both run eager)')
     if sweep:
         try:
             resolutions = [int(r) for r in args.sweep_res.split(',')]

@@ -57,6 +57,15 @@ def test_cli_bad_model_is_one_line_error(capsys):
     assert main(['benchmark', 'no_such_model']) == 2
 
 
+@pytest.mark.parametrize('flags, message', [(['--hf-eager'], '--hf-eager and --hf-dtype only apply'),
+                                            (['--hf-dtype', 'fp32'], '--hf-eager and --hf-dtype only apply'),
+                                            (['--compare', 'hf', '--hf-eager'], 'only applies with --compile')])
+def test_cli_hf_flags_need_their_context(capsys, flags, message):
+    assert main(['benchmark', 'cvt_tiny', *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_compare_hf_same_weights():
     pytest.importorskip('transformers')
     ours, hf = compare_hf('cvt_13', TINY, model_args=SMALL_CVT)
