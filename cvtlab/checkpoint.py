@@ -11,7 +11,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,10 @@ from .errors import CheckpointError
 
 _logger = logging.getLogger('cvtlab')
 
-# Names tried, in order, inside a directory (HF `save_pretrained`, or cvtlab's own).
+# Names tried, in order, inside a directory (HF `save_pretrained`, or cvtlab's own); a training run
+# directory holds best / last weights first.
 _DIR_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+RUN_WEIGHT_FILES = ('best.safetensors', 'last.safetensors') + _DIR_WEIGHT_FILES
 _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 
 
@@ -32,14 +34,15 @@ def _one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
-def resolve_weights_file(path) -> Path:
-    """A weights file, or the weights file inside an HF / cvtlab model directory."""
+def resolve_weights_file(path, names: Sequence[str] = _DIR_WEIGHT_FILES) -> Path:
+    """A weights file, or the first of `names` inside a directory (default: an HF / cvtlab model
+    directory; `RUN_WEIGHT_FILES` for a training run's best, else last, weights)."""
     path = Path(path)
     if path.is_dir():
-        for name in _DIR_WEIGHT_FILES:
+        for name in names:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f'{path}: directory holds no {" or ".join(_DIR_WEIGHT_FILES)}')
+        raise CheckpointError(f'{path}: directory holds no {" or ".join(names)}')
     if not path.exists():
         raise CheckpointError(f'{path}: no such checkpoint file')
     return path

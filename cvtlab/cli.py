@@ -121,10 +121,10 @@ def cmd_predict(args) -> int:
 def _load_any(source: str, pretrained: bool = False):
     """A checkpoint path / run directory, else a model name."""
     from pathlib import Path
-    from .inference import resolve_checkpoint
+    from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
     from .registry import create_model, load_model
     if Path(source).exists():
-        return load_model(resolve_checkpoint(source))
+        return load_model(resolve_weights_file(source, RUN_WEIGHT_FILES))
     return create_model(source, pretrained=pretrained)
 
 

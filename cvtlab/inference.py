@@ -8,24 +8,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
 from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images, load_image, \
     resolve_data_config
 from .engine import evaluate as evaluate_loader
 from .engine import predict as predict_batch
 from .errors import ConfigError, DataError
-
-
-def resolve_checkpoint(path) -> Path:
-    """A weights file, or the best (else last) weights of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ('best.safetensors', 'last.safetensors', 'model.safetensors', 'pytorch_model.bin'):
-            if (path / name).is_file():
-                return path / name
-        raise ConfigError(f'{path}: no best/last weights (or model.safetensors) in this directory')
-    if not path.exists():
-        raise ConfigError(f'{path}: no such checkpoint')
-    return path
 
 
 def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False):
@@ -34,7 +22,7 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     if (checkpoint is None) == (model is None):
         raise ConfigError('give exactly one of --checkpoint or --model')
     if checkpoint is not None:
-        net = load_model(resolve_checkpoint(checkpoint))
+        net = load_model(resolve_weights_file(checkpoint, RUN_WEIGHT_FILES))
     else:
         net = create_model(model, pretrained=pretrained)
     names = net.pretrained_cfg.get('label_names')
