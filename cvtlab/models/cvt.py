@@ -36,6 +36,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ..layers import LayerNormFp32, map_to_tokens
+from ._contract import StagedClassifierMixin
 
 __all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'fuse_for_inference']
 
@@ -226,7 +227,7 @@ class Stage(nn.Module):
         return x, H, W
 
 
-class CvT(nn.Module):
+class CvT(StagedClassifierMixin, nn.Module):
     """Convolutional vision Transformer (Fig. 2a): three stages of conv embedding + conv-attention blocks.
 
     Args:
@@ -249,6 +250,7 @@ class CvT(nn.Module):
         cls_token: which stages carry a cls token (official: only the last).
         kv_stride: stride of the key/value depth-wise convs.
     """
+    zero_head_bias = False  # parity: the official init leaves the head bias at PyTorch's default
 
     def __init__(
             self,
@@ -341,27 +343,7 @@ class CvT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # --- timm model contract -------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = self._check_pool(global_pool)
-        ref = next(self.parameters())  # build the new head on the model's device and dtype
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            trunc_normal_(self.head.weight, std=0.02)
-        else:
-            self.head = nn.Identity()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
+    # --- timm model contract (classifier, checkpointing, pruning: StagedClassifierMixin) ---------
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         # timm's optimizer factory already exempts every 1-d parameter (biases, LN and BN affine)
@@ -412,16 +394,6 @@ class CvT(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(tokens), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
 
 def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:

@@ -45,6 +45,8 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ._contract import StagedClassifierMixin
+
 __all__ = ['LGTransformer', 'LGConfig', 'LG_VARIANTS', 'window_attention']
 
 
@@ -288,7 +290,7 @@ class Stage(nn.Module):
         return x
 
 
-class LGTransformer(nn.Module):
+class LGTransformer(StagedClassifierMixin, nn.Module):
     """Local-to-global vision transformer: Swin's hierarchy with multi-path attention in every block.
 
     Args:
@@ -407,28 +409,7 @@ class LGTransformer(nn.Module):
             if isinstance(m, LocalToGlobalAttention):
                 m.use_global_paths = enable
 
-    # --- timm model contract -------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = self._check_pool(global_pool)
-        ref = next(self.parameters())  # build the new head on the model's device and dtype
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
+    # --- timm model contract (classifier, checkpointing, pruning: StagedClassifierMixin) ---------
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         # timm's optimizer factory already exempts every 1-d parameter (biases, LayerNorm affine)
@@ -472,16 +453,6 @@ class LGTransformer(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
 
 # --- variants (spec Sec. 1, 2 and 4) --------------------------------------------------------------------
