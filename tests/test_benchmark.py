@@ -55,6 +55,8 @@ def test_cli_json(capsys):
 
 def test_cli_bad_model_is_one_line_error(capsys):
     assert main(['benchmark', 'no_such_model']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('cvtlab: error:') and 'unknown model' in err[0]
 
 
 @pytest.mark.parametrize('flags, message', [(['--hf-eager'], '--hf-eager and --hf-dtype only apply'),
