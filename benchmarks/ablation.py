@@ -18,13 +18,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 import cvtlab  # noqa: F401  (registers the models)
+from cvtlab.benchmark import time_interleaved
 from cvtlab.models.cvt import fuse_for_inference
 
 BEFORE = 'bf8470c'
@@ -84,12 +84,9 @@ def main():
 
     ref = run(before, False)
     diffs = {k: (run(m, bf16).float() - ref).abs().max().item() for k, (m, bf16) in variants.items()}
-    times = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for k, (m, bf16) in variants.items():
-            start = time.perf_counter()
-            run(m, bf16)
-            times[k].append(time.perf_counter() - start)
+    # warm-up: the diff calls above
+    times = time_interleaved({k: (lambda m=m, bf16=bf16: run(m, bf16)) for k, (m, bf16) in variants.items()},
+                             warmup=0, repeats=args.repeats, device=torch.device('cpu'))
     base = statistics.median(times['before'])
     rows = [dict(variant=k, img_per_sec=args.batch_size / statistics.median(t), speedup_vs_before=base / statistics.median(t),
                  max_abs_diff_vs_before=diffs[k]) for k, t in times.items()]
@@ -125,12 +122,8 @@ def train_ablation(args):
     for name, model in variants.items():  # also the warm-up call
         loss, grad = step(name, model)
         diffs[name] = (abs(loss - ref_loss), (grad - ref_grad).abs().max().item())
-    times = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for name, model in variants.items():
-            start = time.perf_counter()
-            step(name, model)
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved({k: (lambda k=k, m=m: step(k, m)) for k, m in variants.items()},
+                             warmup=0, repeats=args.repeats, device=torch.device('cpu'))
     hf_time = statistics.median(times['hf'])
     rows = [dict(variant=k, img_per_sec=args.batch_size / statistics.median(t),
                  speedup_vs_before=statistics.median(times['before']) / statistics.median(t),

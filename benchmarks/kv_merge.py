@@ -9,23 +9,17 @@ Usage: .venv/bin/python benchmarks/kv_merge.py [--repeats 30]
 """
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from cvtlab.benchmark import time_interleaved
 
 STAGES = ((64, 56), (192, 28), (384, 14))  # CvT-13 (channels, map side) per stage at 224
 
 
 def median_ms(steps, repeats):
-    times = {name: [] for name in steps}
-    for step in steps.values():
-        step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved(steps, warmup=1, repeats=repeats, device=torch.device('cpu'))
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
