@@ -36,7 +36,8 @@ def old_cvt_class(commit: str = BEFORE):
     root = Path(__file__).resolve().parents[1]
     src = subprocess.run(['git', 'show', f'{commit}:cvtlab/models/cvt.py'], cwd=root, check=True,
                          capture_output=True, text=True).stdout
-    src = src.replace('from ..layers', 'from cvtlab.layers').replace('@register_model\n', '')
+    src = (src.replace('from ..layers', 'from cvtlab.layers').replace('from ._contract', 'from cvtlab.models._contract')
+           .replace('@register_model\n', ''))
     path = Path(tempfile.mkdtemp()) / f'cvt_{commit}.py'
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f'cvt_{commit}', path)

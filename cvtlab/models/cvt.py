@@ -35,7 +35,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import LayerNormFp32, map_to_tokens
+from ..layers import LayerNormFp32, TokenwiseMlpResidual, map_to_tokens
 from ._contract import StagedClassifierMixin
 
 __all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'fuse_for_inference']
@@ -177,7 +177,7 @@ class QuickGeluMlp(nn.Module):
         return self
 
 
-class Block(nn.Module):
+class Block(TokenwiseMlpResidual, nn.Module):
     """Pre-norm transformer block with convolutional attention (Fig. 2b)."""
 
     def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, mlp_ratio: float, qkv_bias: bool,
@@ -192,8 +192,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), H, W))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        return self.mlp_residual(x)  # x + drop_path(mlp(norm2(x))), over blocks of tokens on CPU
 
 
 class Stage(nn.Module):

@@ -45,6 +45,7 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..layers import TokenwiseMlpResidual
 from ._contract import StagedClassifierMixin
 
 __all__ = ['LGTransformer', 'LGConfig', 'LG_VARIANTS', 'window_attention']
@@ -214,7 +215,7 @@ class LocalToGlobalAttention(nn.Module):
         return self.proj_drop(out)
 
 
-class Block(nn.Module):
+class Block(TokenwiseMlpResidual, nn.Module):
     """Pre-norm transformer block with local-to-global attention (Swin block, attention replaced)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, rates: Sequence[int], shifts: Sequence[int],
@@ -230,8 +231,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B H W C
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        return self.mlp_residual(x)  # x + drop_path(mlp(norm2(x))), over blocks of tokens on CPU
 
 
 class PatchMerging(nn.Module):
