@@ -11,6 +11,13 @@ mkdir -p $out
 $CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 5 --json > $out/cvt13_hf_224_b32.json
 # inference + training + memory, 384, batch 8
 $CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 5 --no-latency --json > $out/cvt13_hf_384_b8.json
+# the same with glibc's allocator told to keep freed memory (no mmap, no trimming: no fresh pages to fault
+# in for large tensors; what jemalloc / tcmalloc give too): HF gains far more than cvtlab (BENCHMARKS.md)
+TUNED="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912"
+env $TUNED $CVTLAB benchmark cvt_13 --compare hf -b 32 --img-size 224 --repeats 3 --no-latency --json \
+    > $out/cvt13_hf_224_b32_malloc_tuned.json
+env $TUNED $CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 3 --no-latency --json \
+    > $out/cvt13_hf_384_b8_malloc_tuned.json
 # training memory at 384 with activation checkpointing (ours only; HF has none)
 $CVTLAB benchmark cvt_13 --compare hf -b 8 --img-size 384 --repeats 3 --no-latency --grad-checkpointing \
     --json > $out/cvt13_hf_384_b8_ckpt.json

@@ -39,8 +39,9 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
     Why: on CPU every tensor above glibc's mmap threshold (32 MiB at most) is fresh memory on each
     call, paid for in page faults, and an MLP's 4x-wide hidden layer leaves the cache between its two
-    GEMMs. CvT-13's stage-1 MLP at 224 px, batch 32 (100352 tokens, 103 MB hidden) runs 2.4x faster in
-    inference and 2.1x faster in training in 4-8 MiB blocks (benchmarks/chunked_mlp.py).
+    GEMMs. CvT-13's stage-1 MLP residual at 224 px, batch 32 (100352 tokens, 103 MB hidden) ran 3.1x
+    faster in inference and 1.5x in training in blocks; whole CvT-13 inference 1.13x, LG-Tiny 1.12x,
+    training 1.00x (benchmarks/chunked_mlp.py, BENCHMARKS.md).
     Left whole on GPUs, under torch.compile / torch.export (inductor plans memory itself) and in ONNX
     tracing (a traced loop would freeze the batch size).
     """
