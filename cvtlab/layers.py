@@ -47,13 +47,13 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """
     if x.device.type != 'cpu' or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return fn(x)
+    grad = torch.is_grad_enabled()
     rows = x.numel() // x.shape[-1]
-    budget = CHUNK_BYTES_TRAINING if torch.is_grad_enabled() else CHUNK_BYTES_INFERENCE
-    step = max(64, budget // (width * x.element_size()))
+    step = max(64, (CHUNK_BYTES_TRAINING if grad else CHUNK_BYTES_INFERENCE) // (width * x.element_size()))
     if rows < 2 * step:
         return fn(x)
     flat = x.reshape(rows, x.shape[-1])
-    if torch.is_grad_enabled():
+    if grad:
         out = torch.cat([fn(block) for block in flat.split(step)])
     else:  # write each block into place: its temporaries are freed and reused by the next block
         first = fn(flat[:step])
