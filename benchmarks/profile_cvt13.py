@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 import cvtlab  # noqa: F401
+from cvtlab.benchmark import matmul_probe
+from cvtlab.flops import count_macs
 from cvtlab.models.cvt import fuse_for_inference
 
 
@@ -73,6 +75,8 @@ def compare_hf_profile(args):
     else:
         ours, hf = fuse_for_inference(ours), hf.eval()
         subjects = {'cvtlab': lambda: ours(x), 'hf': lambda: _hf_call(hf, x)}
+    probe, probe_gflop = matmul_probe()
+    probe_ms = []
     samples = {name: [] for name in subjects}  # per profiled call: {category: ms}
     with torch.inference_mode(not args.train):
         for step in subjects.values():
@@ -91,6 +95,9 @@ def compare_hf_profile(args):
                     print(prof.key_averages(group_by_input_shape=True).table(
                         sort_by='self_cpu_time_total', row_limit=16, max_name_column_width=45,
                         max_shapes_column_width=60))
+            start = time.perf_counter()
+            probe()  # the matmul rate, taken between the model calls
+            probe_ms.append(1e3 * (time.perf_counter() - start))
     rows = {name: {cat: statistics.median(r[cat] for r in runs) for cat in runs[0]} for name, runs in samples.items()}
     what = 'training step' if args.train else 'inference (ours fused)'
     print(f'CvT-13 {what}, batch {args.batch_size}, {args.img_size}px, {torch.get_num_threads()} thread(s); '
@@ -102,9 +109,16 @@ def compare_hf_profile(args):
     print(f'{"sum of op self times":36s} {sums["cvtlab"]:9.1f} {sums["hf"]:9.1f}')
     print(f'{"wall time, unprofiled calls":36s} {rows["cvtlab"]["wall"]:9.1f} {rows["hf"]["wall"]:9.1f}')
     gemm = rows['cvtlab'][CATEGORIES[0][0]]
+    core = gemm + rows['cvtlab'][CATEGORIES[1][0]] + rows['cvtlab']['conv']  # the FLOP-carrying ops
     print(f'hf / cvtlab (op sums): {sums["hf"] / sums["cvtlab"]:.2f}x; upper bound if everything but our GEMMs '
-          f'cost nothing: {sums["hf"] / gemm:.2f}x; if only GEMM + attention + conv remain: '
-          f'{sums["hf"] / (gemm + rows["cvtlab"][CATEGORIES[1][0]] + rows["cvtlab"]["conv"]):.2f}x')
+          f'cost nothing: {sums["hf"] / gemm:.2f}x; if only GEMM + attention + conv remain: {sums["hf"] / core:.2f}x')
+    if not args.train:
+        rate = probe_gflop / statistics.median(probe_ms) * 1e3  # GFLOP/s
+        gflop = 2 * count_macs(ours, (3, args.img_size, args.img_size)) / 1e9 * args.batch_size
+        print(f'matmul probe {rate:.0f} GFLOP/s; cvtlab reaches {gflop / rows["cvtlab"]["wall"] * 1e3 / rate:.0%} '
+              f'of it (unprofiled calls), {gflop / sums["cvtlab"] * 1e3 / rate:.0%} by its op sum, and at most '
+              f'{gflop / core * 1e3 / rate:.0%} if only GEMM + attention + conv remained; '
+              f'HF {gflop / rows["hf"]["wall"] * 1e3 / rate:.0%}')
 
 
 def main():

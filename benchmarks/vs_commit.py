@@ -1,0 +1,101 @@
+"""What a change gained: cvtlab as checked out against cvtlab at an earlier commit, side by side in one process.
+
+The earlier package comes out of git (`git archive`) and is imported under another name, so both versions
+run interleaved (A B A B ..., medians) on the same weights and the same input. Inference runs each
+version's `fuse_for_inference` for CvT models (LG models as they are, in eval mode); `--train` times one
+forward + backward instead.
+
+Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
+           [--repeats 8] [--train] [--json FILE]
+"""
+import argparse
+import importlib
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+
+import cvtlab  # noqa: F401  (registers the models)
+from cvtlab.benchmark import time_interleaved
+from cvtlab.models.cvt import fuse_for_inference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_at(commit: str):
+    """cvtlab as of `commit`, imported as `cvtlab_<commit>` (its package-relative imports follow it)."""
+    name = f'cvtlab_{commit}'
+    where = Path(tempfile.mkdtemp())
+    archive = where / 'src.tar'
+    subprocess.run(['git', 'archive', '-o', str(archive), commit, 'cvtlab'], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(where, filter='data')
+    (where / 'cvtlab').rename(where / name)
+    sys.path.insert(0, str(where))
+    with warnings.catch_warnings():  # its models re-register the same names with timm; we never look them up
+        warnings.simplefilter('ignore')
+        return importlib.import_module(name)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('commit')
+    p.add_argument('--model', default='cvt_13')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--repeats', type=int, default=8)
+    p.add_argument('--train', action='store_true', help='time forward + backward instead of inference')
+    p.add_argument('--json', help='also write the result here')
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    current = timm.create_model(args.model)  # before the old package takes over the registry names
+    old_pkg = package_at(args.commit)
+    family = 'cvt' if args.model.startswith('cvt') else 'lg'
+    earlier = getattr(getattr(old_pkg.models, family), args.model)()
+    earlier.load_state_dict(current.state_dict())
+    models = {'current': current, args.commit: earlier}
+    if args.train:
+        for m in models.values():
+            m.train()
+    elif family == 'cvt':
+        models = {'current': fuse_for_inference(current), args.commit: old_pkg.models.cvt.fuse_for_inference(earlier)}
+    else:
+        models = {k: m.eval() for k, m in models.items()}
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+
+    def step(model):
+        if args.train:
+            torch.manual_seed(1)  # the same drop-path draws in both
+            out = model(x)
+            out.logsumexp(-1).mean().backward()
+            model.zero_grad(set_to_none=True)
+            return out.detach()
+        with torch.inference_mode():
+            return model(x)
+
+    diff = (step(models['current']) - step(models[args.commit])).abs().max().item()  # also the warm-up
+    times = time_interleaved({k: (lambda m=m: step(m)) for k, m in models.items()}, warmup=0,
+                             repeats=args.repeats, device=torch.device('cpu'))
+    med = {k: statistics.median(t) for k, t in times.items()}
+    result = dict(model=args.model, commit=args.commit, mode='train' if args.train else 'inference',
+                  batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
+                  threads=torch.get_num_threads(), torch=torch.__version__,
+                  img_per_sec={k: args.batch_size / t for k, t in med.items()},
+                  speedup=med[args.commit] / med['current'], max_abs_diff=diff)
+    print(f"{args.model} {result['mode']}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
+          f"current {result['img_per_sec']['current']:.2f} img/s, {args.commit} "
+          f"{result['img_per_sec'][args.commit]:.2f} img/s, x{result['speedup']:.3f}, max|diff| {diff:.1e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + '\n')
+
+
+if __name__ == '__main__':
+    main()
