@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in BENCHMARKS.md, in order (~40 min on a 2-core CPU).
+# Every number in BENCHMARKS.md, in order (~50 min on a 2-core CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
@@ -15,4 +15,6 @@ OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --compare-hf --by
 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --compare-hf --train --batch-size 4 > $r/profile_train_vs_hf_1thread.txt 2>&1
 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_cvt13.py --batch-size 8 > $r/profile_fp32_1thread.txt 2>&1
 .venv/bin/python benchmarks/profile_cvt13.py --batch-size 32 > $r/profile_fp32_2threads_b32.txt 2>&1
+.venv/bin/python benchmarks/profile_cvt13.py --compare-hf --batch-size 32 --repeats 5 > $r/profile_infer_vs_hf_2threads_b32.txt 2>&1
+.venv/bin/python benchmarks/profile_cvt13.py --compare-hf --train --batch-size 32 --repeats 4 > $r/profile_train_vs_hf_2threads_b32.txt 2>&1
 benchmarks/sweep_res.sh

@@ -3,10 +3,11 @@
 The earlier package comes out of git (`git archive`) and is imported under another name, so both versions
 run interleaved (A B A B ..., medians) on the same weights and the same input. Inference runs each
 version's `fuse_for_inference` for CvT models (LG models as they are, in eval mode); `--train` times one
-forward + backward instead.
+forward + backward instead; `--compile` compiles both (static shapes; inference with inductor freezing and,
+for the current tree, token blocks unrolled as `cvtlab.compile_for_inference` does).
 
 Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
-           [--repeats 8] [--train] [--json FILE]
+           [--repeats 8] [--train] [--compile] [--json FILE]
 """
 import argparse
 import importlib
@@ -24,6 +25,7 @@ import torch
 
 import cvtlab  # noqa: F401  (registers the models)
 from cvtlab.benchmark import time_interleaved
+from cvtlab.layers import set_compiled_blocks
 from cvtlab.models.cvt import fuse_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,7 @@ def main():
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--repeats', type=int, default=8)
     p.add_argument('--train', action='store_true', help='time forward + backward instead of inference')
+    p.add_argument('--compile', action='store_true', help='torch.compile both (inference: with freezing)')
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
 
@@ -69,6 +72,11 @@ def main():
         models = {'current': fuse_for_inference(current), args.commit: old_pkg.models.cvt.fuse_for_inference(earlier)}
     else:
         models = {k: m.eval() for k, m in models.items()}
+    if args.compile:
+        options = None if args.train else {'freezing': True}
+        if not args.train:  # as cvtlab.compile_for_inference does; the earlier commit may predate it
+            set_compiled_blocks(models['current'])
+        models = {k: torch.compile(m, fullgraph=True, dynamic=False, options=options) for k, m in models.items()}
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def step(model):
@@ -85,12 +93,12 @@ def main():
     times = time_interleaved({k: (lambda m=m: step(m)) for k, m in models.items()}, warmup=0,
                              repeats=args.repeats, device=torch.device('cpu'))
     med = {k: statistics.median(t) for k, t in times.items()}
-    result = dict(model=args.model, commit=args.commit, mode='train' if args.train else 'inference',
+    result = dict(model=args.model, commit=args.commit, mode='train' if args.train else 'inference', compiled=args.compile,
                   batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
                   threads=torch.get_num_threads(), torch=torch.__version__,
                   img_per_sec={k: args.batch_size / t for k, t in med.items()},
                   speedup=med[args.commit] / med['current'], max_abs_diff=diff)
-    print(f"{args.model} {result['mode']}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
+    print(f"{args.model} {result['mode']}{' compiled' if args.compile else ''}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
           f"current {result['img_per_sec']['current']:.2f} img/s, {args.commit} "
           f"{result['img_per_sec'][args.commit]:.2f} img/s, x{result['speedup']:.3f}, max|diff| {diff:.1e}")
     if args.json:

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .flops import count_macs
+from .layers import set_compiled_blocks
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 SWEEP_MODELS = ('cvt_13', 'lg_tiny', 'vit_small_patch16_224', 'swin_tiny_patch4_window7_224')
@@ -209,6 +210,8 @@ def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
         # dynamic=False: the training crash, ecosystem.md Sec. 2. Inference copies also get inductor's
         # freezing (weights become constants: pre-packed oneDNN GEMMs with bias/activation epilogues)
         options = None if training else {'freezing': True}
+        if not training:  # static shapes: cvtlab's CPU token blocks may unroll into the graph
+            set_compiled_blocks(model)
         model = torch.compile(model, dynamic=False, options=options)
     return model
 

@@ -30,9 +30,11 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 # Row blocks for `rowwise_chunked`: the widest intermediate of one block of rows stays this small.
 CHUNK_BYTES_INFERENCE = 4 << 20  # 4 MiB: stays in L2/L3 between the two GEMMs of an MLP
 CHUNK_BYTES_TRAINING = 8 << 20  # larger: every block adds a weight-gradient GEMM and an accumulation
+CHUNK_BYTES_COMPILED = 16 << 20  # under torch.compile (inference): fewer unrolled copies to compile
 
 
-def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, width: int) -> torch.Tensor:
+def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, width: int,
+                    compiled_blocks: bool = False) -> torch.Tensor:
     """`fn(x)` for an `fn` that treats every token (row of the last dim) on its own, run on CPU over
     blocks of rows whose widest intermediate (`width` values per row, e.g. an MLP's hidden layer) stays
     a few MiB. Same result, row for row.
@@ -42,18 +44,25 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     GEMMs. CvT-13's stage-1 MLP residual at 224 px, batch 32 (100352 tokens, 103 MB hidden) ran 3.1x
     faster in inference and 1.5x in training in blocks; whole CvT-13 inference 1.13x, LG-Tiny 1.12x,
     training 1.00x (benchmarks/chunked_mlp.py, BENCHMARKS.md).
-    Left whole on GPUs, under torch.compile / torch.export (inductor plans memory itself) and in ONNX
+    Under torch.compile it runs whole (dynamo cannot tell static sizes from symbolic ones here, and a loop
+    over symbolic sizes would pin them), unless `compiled_blocks` says the caller compiles inference with
+    static shapes (`cvtlab.compile_for_inference`): then the blocks, 16 MiB each, unroll into one graph
+    that inductor fuses (CvT-13 1.05x over compiled whole, BENCHMARKS.md). Also whole on GPUs and in ONNX
     tracing (a traced loop would freeze the batch size).
     """
-    if x.device.type != 'cpu' or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if x.device.type != 'cpu' or torch.jit.is_tracing():
         return fn(x)
     grad = torch.is_grad_enabled()
+    compiling = torch.compiler.is_compiling()
+    if compiling and (grad or not compiled_blocks):
+        return fn(x)
+    budget = CHUNK_BYTES_COMPILED if compiling else CHUNK_BYTES_TRAINING if grad else CHUNK_BYTES_INFERENCE
     rows = x.numel() // x.shape[-1]
-    step = max(64, (CHUNK_BYTES_TRAINING if grad else CHUNK_BYTES_INFERENCE) // (width * x.element_size()))
+    step = max(64, budget // (width * x.element_size()))
     if rows < 2 * step:
         return fn(x)
     flat = x.reshape(rows, x.shape[-1])
-    if grad:
+    if grad or compiling:  # one cat: autograd, or inductor, which writes each block into place itself
         out = torch.cat([fn(block) for block in flat.split(step)])
     else:  # write each block into place: its temporaries are freed and reused by the next block
         first = fn(flat[:step])
@@ -67,15 +76,25 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 class TokenwiseMlpResidual:
     """Mixin for pre-norm transformer blocks with `norm2`, `mlp` and `drop_path`: the second residual
     `x + drop_path(mlp(norm2(x)))`, every part of which acts per token, through `rowwise_chunked`."""
+    compiled_blocks = False  # True: compiled for inference with static shapes (cvtlab.compile_for_inference)
 
     def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.mlp.fc1.out_features
         if self.training and not isinstance(self.drop_path, nn.Identity):  # drop path picks whole samples
             return x + self.drop_path(rowwise_chunked(self._mlp_branch, x, hidden))
-        return rowwise_chunked(self._mlp_residual, x, hidden)
+        return rowwise_chunked(self._mlp_residual, x, hidden, self.compiled_blocks)
 
     def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(x))
 
     def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.norm2(x))
+
+
+def set_compiled_blocks(model: nn.Module, static: bool = True) -> nn.Module:
+    """Tell every `TokenwiseMlpResidual` block in `model` that it is compiled for inference with static
+    shapes (`static`), so that its token blocks unroll into the compiled graph. Returns `model`."""
+    for m in model.modules():
+        if isinstance(m, TokenwiseMlpResidual):
+            m.compiled_blocks = static
+    return model

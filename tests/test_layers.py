@@ -122,9 +122,9 @@ def _spy(calls, rowwise_chunked):
             return fn(x)
         return call
 
-    def wrapped(fn, x, width):
+    def wrapped(fn, x, width, *args):
         calls['rowwise_chunked'] += 1
-        return rowwise_chunked(counted(fn), x, width)
+        return rowwise_chunked(counted(fn), x, width, *args)
     return wrapped
 
 
@@ -142,3 +142,39 @@ def test_mlp_residual_is_the_textbook_residual(training, tiny_chunks):
     if training:  # the draws dropped some samples and kept others
         dropped = (got - x).abs().amax(dim=(1, 2)) == 0
         assert dropped.any() and not dropped.all()
+
+
+
+def _captured_linears(compile_fn, x):
+    """Run `compile_fn(backend=recorder)` (dynamo capture only, no inductor) on x; count the Linear calls
+    in the single captured graph."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    out = compile_fn(backend=backend)(x)
+    assert len(graphs) == 1
+    linears = sum(1 for n in graphs[0].graph.nodes if n.op == 'call_function' and 'linear' in str(n.target))
+    return out, linears
+
+
+def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
+    """cvtlab.compile_for_inference (static shapes) unrolls the token blocks into the graph: more Linear
+    calls, same outputs. A plain torch.compile, dynamic=True and compiled training run them whole."""
+    monkeypatch.setattr(layers, 'CHUNK_BYTES_COMPILED', 64 * 128 * 4)  # cvt_tiny stage 1: 512 rows, 128 hidden
+    model = timm.create_model('cvt_tiny', num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    fused = fuse_for_inference(model)
+    with torch.no_grad():
+        ref = fused(x)
+        out, unrolled = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, **kw), x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        _, whole = _captured_linears(lambda **kw: torch.compile(fused, fullgraph=True, dynamic=False, **kw), x)
+        _, dynamic = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, dynamic=True, **kw), x)
+    assert unrolled > whole, 'compile_for_inference did not unroll the token blocks'
+    assert dynamic == whole
+    _, trained = _captured_linears(lambda **kw: torch.compile(model.train(), fullgraph=True, dynamic=False, **kw), x)
+    assert trained == whole
+    torch._dynamo.reset()
