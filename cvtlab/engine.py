@@ -2,6 +2,7 @@
 import contextlib
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -54,11 +55,14 @@ def train_one_epoch(model: nn.Module, loader, ctx: StepContext, *, epoch: int, s
                     should_stop: Callable[[], bool], on_step: Callable[[int, float, float], None]) -> dict:
     """Train until the loader ends or `should_stop()` at an update boundary. `step` counts batches overall.
 
-    Returns the loss sum and batch count, images seen, the batch counter and whether it was interrupted.
+    Returns the loss sum and batch count, images seen, the batch counter, whether it was interrupted and
+    `data_seconds`: time spent waiting for the loader (a slow input pipeline shows here, not in the model).
     """
     model.train()
-    loss_sum, images_seen, batches = 0.0, 0, 0
+    loss_sum, images_seen, batches, data_seconds = 0.0, 0, 0, 0.0
+    ready = time.perf_counter()
     for images, targets in loader:
+        data_seconds += time.perf_counter() - ready  # the step before ended with a sync (.item() of the loss)
         seed_step(ctx.seed, ctx.rank, step)
         images, targets = _to_device(images, targets, ctx)
         if ctx.mixup is not None:
@@ -80,8 +84,11 @@ def train_one_epoch(model: nn.Module, loader, ctx: StepContext, *, epoch: int, s
         batches += 1
         on_step(step, loss_value, ctx.optimizer.param_groups[0]['lr'])
         if update and should_stop():
-            return dict(loss_sum=loss_sum, batches=batches, images=images_seen, step=step, interrupted=True)
-    return dict(loss_sum=loss_sum, batches=batches, images=images_seen, step=step, interrupted=False)
+            return dict(loss_sum=loss_sum, batches=batches, images=images_seen, step=step, interrupted=True,
+                        data_seconds=data_seconds)
+        ready = time.perf_counter()
+    return dict(loss_sum=loss_sum, batches=batches, images=images_seen, step=step, interrupted=False,
+                data_seconds=data_seconds)
 
 
 def _optimizer_step(model: nn.Module, ctx: StepContext, num_updates: int):

@@ -49,6 +49,7 @@ class RunState:
     epoch_batches: int = 0
     epoch_images: int = 0
     epoch_seconds: float = 0.0
+    epoch_data_seconds: float = 0.0  # of epoch_seconds, waiting for the data loader
 
 
 def default_output(config: TrainConfig) -> str:
@@ -297,6 +298,7 @@ class Trainer:
         state.epoch_batches += result['batches']
         state.epoch_images += result['images']
         state.epoch_seconds += train_seconds
+        state.epoch_data_seconds += result['data_seconds']
         state.batch_in_epoch += result['step'] - state.step
         state.step = result['step']
         if result['interrupted'] and state.batch_in_epoch < len(loader.sampler.inner) // c.batch_size:
@@ -307,10 +309,12 @@ class Trainer:
                    train_loss=state.epoch_loss_sum / max(state.epoch_batches, 1),
                    val_loss=metrics['loss'], val_top1=metrics['top1'], val_top5=metrics['top5'],
                    lr=self.optimizer.param_groups[0]['lr'], epoch_time=state.epoch_seconds,
-                   images_per_sec=state.epoch_images / max(state.epoch_seconds, 1e-9))
+                   images_per_sec=state.epoch_images / max(state.epoch_seconds, 1e-9),
+                   data_wait_frac=state.epoch_data_seconds / max(state.epoch_seconds, 1e-9))
         state.history.append(row)
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         state.epoch_loss_sum, state.epoch_batches, state.epoch_images, state.epoch_seconds = 0.0, 0, 0, 0.0
+        state.epoch_data_seconds = 0.0
         self._log_epoch(state, writer)
         if metrics['top1'] > state.best_top1:
             state.best_top1, state.best_epoch = metrics['top1'], row['epoch']
@@ -365,7 +369,7 @@ class Trainer:
         row = state.history[-1]
         _logger.info(f"epoch {row['epoch']}/{self.config.epochs}: train loss {row['train_loss']:.4f}, "
                      f"val loss {row['val_loss']:.4f}, top-1 {row['val_top1']:.2f}%, top-5 {row['val_top5']:.2f}%, "
-                     f"{row['images_per_sec']:.0f} img/s")
+                     f"{row['images_per_sec']:.0f} img/s, data wait {row['data_wait_frac']:.0%} of the epoch")
 
         def write_csv(tmp):  # rewritten whole from the state, so a crash never duplicates or loses rows
             with open(tmp, 'w', newline='') as f:
@@ -375,7 +379,7 @@ class Trainer:
 
         atomic_write(self.output / 'metrics.csv', write_csv)
         if writer is not None:
-            for key in ('train_loss', 'val_loss', 'val_top1', 'val_top5', 'lr', 'images_per_sec'):
+            for key in ('train_loss', 'val_loss', 'val_top1', 'val_top5', 'lr', 'images_per_sec', 'data_wait_frac'):
                 writer.add_scalar(key, row[key], row['epoch'])
 
     def _interrupted(self, state: RunState, stop: StopFlag) -> dict:

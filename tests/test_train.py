@@ -72,6 +72,7 @@ def test_train_writes_complete_run_directory(trained_run):
     assert 0 <= summary['best_top1'] <= 100 and summary['best_top1'] >= summary['final_top1'] - 1e-9
     rows = list(csv.DictReader(open(out / 'metrics.csv')))
     assert [int(r['epoch']) for r in rows] == [1, 2]
+    assert all(0 <= float(r['data_wait_frac']) < 1 for r in rows)
     assert json.loads((out / 'classes.json').read_text())['classes'] == [str(d) for d in range(10)]
     assert '* best Acc@1' in result.stdout
     # the training state is plain tensors and containers: loadable without executing code
@@ -341,3 +342,28 @@ def test_compile_flag_trains_through_dynamo_and_saves_plain_keys(tmp_path, monke
     assert saved and not any('_orig_mod' in k for k in saved)
     assert cvtlab.load_model(out / 'best.safetensors').num_classes == 10
     torch._dynamo.reset()
+
+
+def test_epoch_reports_time_spent_waiting_for_data():
+    """train_one_epoch counts the seconds the loader kept the loop waiting, and only those."""
+    import contextlib
+    import torch.nn as nn
+    from timm.scheduler import CosineLRScheduler
+    from cvtlab.engine import StepContext, train_one_epoch
+
+    class SlowLoader:
+        def __iter__(self):
+            for _ in range(4):
+                time.sleep(0.05)
+                yield torch.randn(2, 4), torch.tensor([0, 1])
+
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx = StepContext(optimizer, CosineLRScheduler(optimizer, t_initial=10), nn.CrossEntropyLoss(),
+                      torch.device('cpu'), contextlib.nullcontext, torch.amp.GradScaler('cpu', enabled=False))
+
+    def slow_step(*_):
+        time.sleep(0.1)  # model-side time: must not count as waiting for data
+    result = train_one_epoch(model, SlowLoader(), ctx, epoch=0, step=0, should_stop=lambda: False, on_step=slow_step)
+    assert result['batches'] == 4
+    assert 0.2 <= result['data_seconds'] < 0.35, result['data_seconds']  # the steps' 0.4 s would show
