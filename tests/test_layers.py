@@ -178,3 +178,45 @@ def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
     _, trained = _captured_linears(lambda **kw: torch.compile(model.train(), fullgraph=True, dynamic=False, **kw), x)
     assert trained == whole
     torch._dynamo.reset()
+
+
+def test_samplewise_chunked_equals_one_call(monkeypatch):
+    """Groups of samples in CPU inference (here 3 + 3 + 1), one call when recording gradients or tracing."""
+    monkeypatch.setattr(layers, 'CHUNK_BYTES_SAMPLES', 300)
+    calls = []
+
+    def per_sample(x):  # tokens of a sample depend on each other, samples do not
+        calls.append(x.shape[0])
+        return x.softmax(dim=1) * 2
+    x = torch.randn(7, 5, 4)
+    with torch.no_grad():
+        got = layers.samplewise_chunked(per_sample, x, bytes_per_sample=100)
+        assert calls == [3, 3, 1]
+        torch.testing.assert_close(got, per_sample(x), rtol=0, atol=0)
+        calls.clear()
+        torch.jit.trace(lambda t: layers.samplewise_chunked(per_sample, t, 100), x, check_trace=False)
+        assert calls == [7]
+    calls.clear()
+    layers.samplewise_chunked(per_sample, x.requires_grad_(), 100).sum().backward()
+    assert calls == [7]
+
+
+def test_lg_attention_in_sample_groups_equals_whole(monkeypatch):
+    """LG-Nano in eval: attention one sample at a time gives the whole batch's outputs."""
+    model = timm.create_model('lg_nano', num_classes=10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        monkeypatch.setattr(layers, 'CHUNK_BYTES_SAMPLES', 1 << 40)
+        whole = model(x)
+        monkeypatch.setattr(layers, 'CHUNK_BYTES_SAMPLES', 1)  # groups of one sample
+        calls = {'n': 0}
+        forward = type(model.stages[0].blocks[0].attn)._sum_of_paths
+
+        def counted(self, t):
+            calls['n'] += 1
+            return forward(self, t)
+        monkeypatch.setattr(type(model.stages[0].blocks[0].attn), '_sum_of_paths', counted)
+        grouped = model(x)
+    blocks = sum(len(s.blocks) for s in model.stages)
+    assert calls['n'] == 3 * blocks
+    torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)

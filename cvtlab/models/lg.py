@@ -7,7 +7,7 @@ window attention at progressively coarser granularity, upsampled back and summed
 checks it against the PDF, do not describe it as "the paper's model".
 
 Contents, top-down: PatchEmbed -> local-to-global attention (`window_attention`, a pure function on
-4-D SDPA inputs; `AttentionPath`, one granularity; `LocalToGlobalAttention`, the fusion) -> Block ->
+4-D SDPA inputs, built from `to_window_frame` / `attend_in_windows` / `from_window_frame`; `AttentionPath`, one granularity; `LocalToGlobalAttention`, the fusion) -> Block ->
 PatchMerging -> Stage -> LGTransformer, then the variant table, pretrained cfgs and timm registration.
 
 Provenance of the design ([D] derived by arithmetic in the spec, [C] our choice where nothing
@@ -30,8 +30,9 @@ readable from the paper decides it; the Swin skeleton itself is [R] recalled):
 - [C] `lg_nano` (32 px images) is ours, not the paper's.
 
 Attention runs through `F.scaled_dot_product_attention` with windows and heads folded into one
-dimension (4-D inputs, exportable); there are no Python branches on tensor shapes: every path always
-pads and always crops (pads of size 0 included).
+dimension (4-D inputs, exportable). The one branch on a shape: maps that already fit whole windows are
+not padded, except under ONNX tracing, which always pads (by 0 if need be) so the exported graph takes
+any size; every path always crops.
 """
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
@@ -45,7 +46,7 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import TokenwiseMlpResidual
+from ..layers import TokenwiseMlpResidual, samplewise_chunked
 from ._contract import StagedClassifierMixin
 
 __all__ = ['LGTransformer', 'LGConfig', 'LG_VARIANTS', 'window_attention']
@@ -105,18 +106,44 @@ def window_attention(qkv: torch.Tensor, num_heads: int, window_size: int, shift:
         qkv: B H W 3C map of queries, keys and values (any H, W; padded to multiples of M, then cropped).
         rel_pos_bias: h N N additive bias, N = M^2.
 
-    Returns the B H W C map. Windows and heads share one dimension, so SDPA sees 4-D tensors and the
-    per-image mask (bias + window labels) broadcasts over the batch without a copy.
+    Returns the B H W C map. `AttentionPath` runs the same steps with the padding and the shift moved in
+    front of its qkv Linear (per token, so they commute with it), where the map is 3x narrower.
     """
-    B, H, W, C3 = qkv.shape
+    H, W = qkv.shape[1:3]
+    x = attend_in_windows(to_window_frame(qkv, window_size, shift), H, W, num_heads, window_size, shift,
+                          rel_pos_bias, dropout_p)
+    return from_window_frame(x, H, W, shift)
+
+
+def to_window_frame(x: torch.Tensor, window_size: int, shift: int) -> torch.Tensor:
+    """B H W C -> B Hp Wp C: padded to multiples of M, then rolled by -shift (the shifted windows' frame)."""
+    M = window_size
+    pad_h, pad_w = (-x.shape[1]) % M, (-x.shape[2]) % M
+    if pad_h or pad_w or torch.jit.is_tracing():  # traced graphs always pad: the sizes must stay symbolic
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    if shift:  # a static setting of the path, not a shape
+        x = torch.roll(x, (-shift, -shift), dims=(1, 2))
+    return x
+
+
+def from_window_frame(x: torch.Tensor, H: int, W: int, shift: int) -> torch.Tensor:
+    """The inverse of `to_window_frame`: B Hp Wp C -> B H W C (rolled back, padding cropped)."""
+    if shift:
+        x = torch.roll(x, (shift, shift), dims=(1, 2))
+    return x[:, :H, :W]  # always cropped (a view)
+
+
+def attend_in_windows(qkv: torch.Tensor, H: int, W: int, num_heads: int, window_size: int, shift: int,
+                      rel_pos_bias: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Window attention on a map already in the window frame (`to_window_frame`): B Hp Wp 3C -> B Hp Wp C.
+
+    H, W are the real sizes before padding, for the mask. Windows and heads share one dimension, so SDPA
+    sees 4-D tensors and the per-image mask (bias + window labels) broadcasts over the batch without a copy.
+    """
+    B, Hp, Wp, C3 = qkv.shape
     M, h = window_size, num_heads
     D = C3 // (3 * h)
-    pad_h, pad_w = (-H) % M, (-W) % M
-    qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))  # B Hp Wp 3C, always padded (by 0 when H, W fit)
-    Hp, Wp = H + pad_h, W + pad_w
     nh, nw = Hp // M, Wp // M
-    if shift:  # a static setting of the path, not a shape: rolling by 0 would only cost a copy
-        qkv = torch.roll(qkv, (-shift, -shift), dims=(1, 2))
     # B (nh M) (nw M) (3 h D) -> 3 B (nh nw h) (M M) D
     qkv = qkv.view(B, nh, M, nw, M, 3, h, D).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, nh * nw * h, M * M, D)
     q, k, v = qkv.unbind(0)
@@ -125,12 +152,8 @@ def window_attention(qkv: torch.Tensor, num_heads: int, window_size: int, shift:
     mask = rel_pos_bias.to(q.dtype).unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float('-inf'))  # nW h N N
     # 1 (nW h) N N: a 4-D mask (a 3-D one sends SDPA's CPU dispatch to the slow math kernel)
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.flatten(0, 1).unsqueeze(0), dropout_p=dropout_p)
-
     # B (nh nw h) (M M) D -> B (nh M) (nw M) (h D)
-    x = x.view(B, nh, nw, h, M, M, D).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, h * D)
-    if shift:
-        x = torch.roll(x, (shift, shift), dims=(1, 2))
-    return x[:, :H, :W]  # always cropped
+    return x.view(B, nh, nw, h, M, M, D).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, h * D)
 
 
 class AttentionPath(nn.Module):
@@ -178,10 +201,13 @@ class AttentionPath(nn.Module):
             # B H W C -> B ceil(H/rh) ceil(W/rw) C; ceil_mode: edge cells average only the real tokens
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), (rh, rw), ceil_mode=True).permute(0, 2, 3, 1)
         dropout_p = self.attn_drop if self.training else 0.0
-        x = window_attention(self.qkv(x), self.num_heads, self.window_size, self.shift, self.rel_pos_bias(), dropout_p)
-        x = self.proj(x)  # proj commutes with (linear) upsampling: apply it on the small map
+        h, w = x.shape[1:3]
+        # pad and shift before qkv (C wide, not 3C: both commute with a per-token Linear); padded tokens are
+        # masked out of every real token's attention, so what qkv makes of them never matters
+        x = self.qkv(to_window_frame(x, self.window_size, self.shift))
+        x = attend_in_windows(x, h, w, self.num_heads, self.window_size, self.shift, self.rel_pos_bias(), dropout_p)
+        x = self.proj(from_window_frame(x, h, w, self.shift))  # proj commutes with (linear) upsampling: on the small map
         if self.pooled:
-            h, w = x.shape[1:3]
             # each coarse cell is centred on its rh x rw block: upsample by exactly (rh, rw), then crop
             x = F.interpolate(x.permute(0, 3, 1, 2), size=(h * rh, w * rw), mode='bilinear', align_corners=False)
             x = x.permute(0, 2, 3, 1)[:, :H, :W]
@@ -208,11 +234,16 @@ class LocalToGlobalAttention(nn.Module):
         self.use_global_paths = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B H W C -> B H W C. Samples are independent: CPU inference runs them in groups whose local-path
+        qkv map (the widest tensor, H W 3C per sample) stays small (`samplewise_chunked`)."""
+        return self.proj_drop(samplewise_chunked(self._sum_of_paths, x, 3 * x[0].numel() * x.element_size()))
+
+    def _sum_of_paths(self, x: torch.Tensor) -> torch.Tensor:
         paths = self.paths if self.use_global_paths else self.paths[:1]
         out = paths[0](x)
         for path in paths[1:]:
             out = out + path(x)  # fuse by sum (H1): concat + Linear would cost ~0.4 GMACs more (spec Sec. 4)
-        return self.proj_drop(out)
+        return out
 
 
 class Block(TokenwiseMlpResidual, nn.Module):
