@@ -95,9 +95,10 @@ def compare_hf_profile(args):
                     print(prof.key_averages(group_by_input_shape=True).table(
                         sort_by='self_cpu_time_total', row_limit=16, max_name_column_width=45,
                         max_shapes_column_width=60))
-            start = time.perf_counter()
-            probe()  # the matmul rate, taken between the model calls
-            probe_ms.append(1e3 * (time.perf_counter() - start))
+            if not args.train:  # the matmul rate, taken between the model calls (an inference figure)
+                start = time.perf_counter()
+                probe()
+                probe_ms.append(1e3 * (time.perf_counter() - start))
     rows = {name: {cat: statistics.median(r[cat] for r in runs) for cat in runs[0]} for name, runs in samples.items()}
     what = 'training step' if args.train else 'inference (ours fused)'
     print(f'CvT-13 {what}, batch {args.batch_size}, {args.img_size}px, {torch.get_num_threads()} thread(s); '

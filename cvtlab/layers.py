@@ -64,13 +64,21 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     flat = x.reshape(rows, x.shape[-1])
     if grad or compiling:  # one cat: autograd, or inductor, which writes each block into place itself
         out = torch.cat([fn(block) for block in flat.split(step)])
-    else:  # write each block into place: its temporaries are freed and reused by the next block
-        first = fn(flat[:step])
-        out = first.new_empty(rows, first.shape[-1])
-        out[:step] = first
-        for start in range(step, rows, step):
-            out[start:start + step] = fn(flat[start:start + step])
+    else:
+        out = _blocks_into_place(fn, flat, step)
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _blocks_into_place(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, step: int) -> torch.Tensor:
+    """fn over slices of `step` along dim 0, each written into one preallocated output (no cat): a slice's
+    temporaries are freed and reused by the next."""
+    out = None
+    for start in range(0, x.shape[0], step):
+        y = fn(x[start:start + step])
+        if out is None:
+            out = y.new_empty((x.shape[0], *y.shape[1:]))
+        out[start:start + step] = y
+    return out
 
 
 CHUNK_BYTES_SAMPLES = 16 << 20  # `samplewise_chunked`: below glibc's 32 MiB mmap ceiling, so memory is reused
@@ -90,15 +98,7 @@ def samplewise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             or torch.compiler.is_compiling()):
         return fn(x)
     step = max(1, CHUNK_BYTES_SAMPLES // max(bytes_per_sample, 1))
-    if step >= x.shape[0]:
-        return fn(x)
-    out = None
-    for start in range(0, x.shape[0], step):
-        y = fn(x[start:start + step])
-        if out is None:
-            out = y.new_empty((x.shape[0], *y.shape[1:]))
-        out[start:start + step] = y
-    return out
+    return fn(x) if step >= x.shape[0] else _blocks_into_place(fn, x, step)
 
 
 class TokenwiseMlpResidual:

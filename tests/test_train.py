@@ -344,26 +344,30 @@ def test_compile_flag_trains_through_dynamo_and_saves_plain_keys(tmp_path, monke
     torch._dynamo.reset()
 
 
-def test_epoch_reports_time_spent_waiting_for_data():
-    """train_one_epoch counts the seconds the loader kept the loop waiting, and only those."""
+def test_epoch_reports_time_spent_waiting_for_data(monkeypatch):
+    """train_one_epoch counts the seconds the loader kept the loop waiting, and only those (a fake clock:
+    each batch takes 0.05 s to load, each step 0.1 s to run)."""
     import contextlib
     import torch.nn as nn
     from timm.scheduler import CosineLRScheduler
-    from cvtlab.engine import StepContext, train_one_epoch
+    import cvtlab.engine as engine
+    clock = [0.0]
+    monkeypatch.setattr(engine.time, 'perf_counter', lambda: clock[0])
 
     class SlowLoader:
         def __iter__(self):
             for _ in range(4):
-                time.sleep(0.05)
+                clock[0] += 0.05
                 yield torch.randn(2, 4), torch.tensor([0, 1])
 
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    ctx = StepContext(optimizer, CosineLRScheduler(optimizer, t_initial=10), nn.CrossEntropyLoss(),
-                      torch.device('cpu'), contextlib.nullcontext, torch.amp.GradScaler('cpu', enabled=False))
+    ctx = engine.StepContext(optimizer, CosineLRScheduler(optimizer, t_initial=10), nn.CrossEntropyLoss(),
+                             torch.device('cpu'), contextlib.nullcontext, torch.amp.GradScaler('cpu', enabled=False))
 
     def slow_step(*_):
-        time.sleep(0.1)  # model-side time: must not count as waiting for data
-    result = train_one_epoch(model, SlowLoader(), ctx, epoch=0, step=0, should_stop=lambda: False, on_step=slow_step)
+        clock[0] += 0.1  # model-side time: must not count as waiting for data
+    result = engine.train_one_epoch(model, SlowLoader(), ctx, epoch=0, step=0, should_stop=lambda: False,
+                                    on_step=slow_step)
     assert result['batches'] == 4
-    assert 0.2 <= result['data_seconds'] < 0.35, result['data_seconds']  # the steps' 0.4 s would show
+    assert result['data_seconds'] == pytest.approx(0.2)  # the steps' 0.4 s would show

@@ -7,8 +7,9 @@ window attention at progressively coarser granularity, upsampled back and summed
 checks it against the PDF, do not describe it as "the paper's model".
 
 Contents, top-down: PatchEmbed -> local-to-global attention (`window_attention`, a pure function on
-4-D SDPA inputs, built from `to_window_frame` / `attend_in_windows` / `from_window_frame`; `AttentionPath`, one granularity; `LocalToGlobalAttention`, the fusion) -> Block ->
-PatchMerging -> Stage -> LGTransformer, then the variant table, pretrained cfgs and timm registration.
+4-D SDPA inputs, built from `to_window_frame` / `attend_in_windows` / `from_window_frame`;
+`AttentionPath`, one granularity; `LocalToGlobalAttention`, the fusion) -> Block -> PatchMerging ->
+Stage -> LGTransformer, then the variant table, pretrained cfgs and timm registration.
 
 Provenance of the design ([D] derived by arithmetic in the spec, [C] our choice where nothing
 readable from the paper decides it; the Swin skeleton itself is [R] recalled):
