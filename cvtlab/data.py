@@ -97,7 +97,9 @@ class ImageDataset(Dataset):
         s = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2 ** 31)
         random.seed(s)
         np.random.seed(s)
-        torch.manual_seed(s)
+        # the CPU generator only, which is all transforms draw from: torch.manual_seed also queues a CUDA
+        # seeding with a formatted stack trace on every call (0.24 ms against 2 us, per sample)
+        torch.default_generator.manual_seed(s)
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.samples)):
