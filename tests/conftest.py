@@ -4,7 +4,11 @@ import pytest
 import torch
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # nothing in the suite may reach a hub
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `pytest -n N`: the workers, and the CLIs they start, share the cores
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Training, evaluation and prediction end to end, resume, DDP, data faults, NaN handling and CLI errors."""
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,22 @@ FAST = ['--epochs', '2', '--num-workers', '0', '--quiet']
 def run_cli(*args, timeout=600, **kwargs):
     return subprocess.run([sys.executable, '-m', 'cvtlab', *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def run_in_process(capsys, *args):
+    """`cvtlab ARGS` through `cli.main` in this process (a CLI start costs ~5 s), as a CompletedProcess.
+    The run's logging handlers are removed again, so later tests see the logger as it was."""
+    logger = logging.getLogger('cvtlab')
+    saved = logger.handlers[:], logger.level, logger.propagate
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        for handler in set(logger.handlers) - set(saved[0]):
+            handler.close()
+        logger.handlers[:], logger.level, logger.propagate = saved
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 def assert_one_line_error(result, contains=''):
@@ -117,7 +134,7 @@ def test_predict_converts_every_image_mode(trained_run, tmp_path):
 
 
 def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
-    args = ['--epochs', '3', '--num-workers', '0', '--quiet', '--deterministic', '--seed', '3']
+    args = ['--epochs', '2', '--num-workers', '0', '--quiet', '--deterministic', '--seed', '3']
     full = run_cli('train', '--output', tmp_path / 'full', *args)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, '-m', 'cvtlab', 'train', '--output', str(tmp_path / 'cut'), *args],
@@ -126,7 +143,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
     deadline = time.time() + 300
     while not metrics.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)  # somewhere inside epoch 2
+    time.sleep(0.5)  # somewhere inside epoch 2, the last
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -143,7 +160,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
 
 def test_kill_9_leaves_loadable_checkpoint_and_resume_completes(tmp_path):
     out = tmp_path / 'run'
-    proc = subprocess.Popen([sys.executable, '-m', 'cvtlab', 'train', '--output', str(out), '--epochs', '3',
+    proc = subprocess.Popen([sys.executable, '-m', 'cvtlab', 'train', '--output', str(out), '--epochs', '2',
                              '--num-workers', '0', '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / 'metrics.csv').exists() and time.time() < deadline:
@@ -155,7 +172,7 @@ def test_kill_9_leaves_loadable_checkpoint_and_resume_completes(tmp_path):
     torch.load(out / 'train_state.pt', weights_only=True)
     resumed = run_cli('train', '--output', out, '--resume')
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((out / 'summary.json').read_text())['epochs'] == 3
+    assert json.loads((out / 'summary.json').read_text())['epochs'] == 2
 
 
 def test_ddp_two_processes_gloo(tmp_path):
@@ -188,17 +205,19 @@ def test_corrupt_files_skipped_and_counted_or_fatal(tmp_path, caplog):
     assert_one_line_error(result, '3 unreadable images')
 
 
-def test_data_errors(tmp_path):
+def test_data_errors(tmp_path, capsys):
     root = make_folder(tmp_path / 'shapes', per_class=4)
     (root / 'empty_class').mkdir()
-    assert_one_line_error(run_cli('train', '--data', root, '--output', tmp_path / 'o1', *FAST), 'has no images')
+    cases = [
+        (('--data', root, '--output', tmp_path / 'o1'), 'has no images'),
+        (('--data', tmp_path / 'nothing', '--output', tmp_path / 'o2'), 'no class folders'),
+        (('--data', tmp_path / 'missing', '--output', tmp_path / 'o3'), 'no such data folder'),
+        (('--data', 'cifar10', '--no-download', '--data-root', tmp_path / 'c', '--output', tmp_path / 'o4'),
+         'cifar10 is not in'),
+    ]
     (tmp_path / 'nothing').mkdir()
-    assert_one_line_error(run_cli('train', '--data', tmp_path / 'nothing', '--output', tmp_path / 'o2', *FAST),
-                          'no class folders')
-    assert_one_line_error(run_cli('train', '--data', tmp_path / 'missing', '--output', tmp_path / 'o3', *FAST),
-                          'no such data folder')
-    assert_one_line_error(run_cli('train', '--data', 'cifar10', '--no-download', '--data-root', tmp_path / 'c',
-                                  '--output', tmp_path / 'o4', *FAST), 'cifar10 is not in')
+    for args, message in cases:
+        assert_one_line_error(run_in_process(capsys, 'train', *args, *FAST), message)
 
 
 def test_eval_class_count_mismatch_is_clear(trained_run, tmp_path):
@@ -229,29 +248,22 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
 
 def test_cli_errors_are_one_line(tmp_path, trained_run, capsys):
     out, _ = trained_run
-    # errors raised before any training state exists: in this process (each CLI start costs ~9 s)
-    in_process = [
+    cases = [
         (('train', '--epochs', '0'), 'epochs must be >= 1'),
         (('train', '--recipe', 'nope'), 'unknown recipe'),
         (('predict', tmp_path / 'missing.png', '--checkpoint', out), 'no such file'),
         (('predict', out / 'samples', '--checkpoint', tmp_path / 'nope.safetensors'), 'no such checkpoint'),
         (('predict', out / 'samples'), 'exactly one of --checkpoint or --model'),
         (('eval', '--checkpoint', out, '--data', tmp_path / 'gone'), 'no such data folder'),
-    ]
-    for args, message in in_process:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        err = capsys.readouterr().err
-        assert_one_line_error(subprocess.CompletedProcess(args, code, '', err), message)
-    # errors from inside a starting run (seeds, determinism, logging already set up): real processes
-    in_subprocess = [
-        (('train', '--model', 'cvt_99', '--output', tmp_path / 'a'), 'unknown model'),
+        # from inside a starting run: seeds, logging and the run folder already set up
         (('train', '--amp', 'fp16', '--output', tmp_path / 'b', *FAST), 'fp16 needs a CUDA device'),
         (('train', '--output', out, *FAST), 'already holds a run'),
         (('train', '--output', tmp_path / 'none', '--resume', *FAST), 'no train_state.pt'),
     ]
-    for args, message in in_subprocess:
-        assert_one_line_error(run_cli(*args), message)
+    for args, message in cases:
+        assert_one_line_error(run_in_process(capsys, *args), message)
+    # the installed entry point, in real processes: an error from a starting run, and one from argparse
+    assert_one_line_error(run_cli('train', '--model', 'cvt_99', '--output', tmp_path / 'a'), 'unknown model')
     bad = run_cli('train', '--batch-size', 'many')
     assert bad.returncode == 2 and 'Traceback' not in bad.stderr and 'invalid int value' in bad.stderr
 
