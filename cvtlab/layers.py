@@ -2,7 +2,7 @@
 
 Everything else comes from timm.layers.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -84,21 +84,29 @@ def _blocks_into_place(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 CHUNK_BYTES_SAMPLES = 16 << 20  # `samplewise_chunked`: below glibc's 32 MiB mmap ceiling, so memory is reused
 
 
-def samplewise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bytes_per_sample: int) -> torch.Tensor:
+def samplewise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bytes_per_sample: int,
+                       budget: Optional[int] = None) -> torch.Tensor:
     """`fn(x)` for an `fn` that treats every sample (index of dim 0) on its own, run in CPU inference over
-    groups of samples whose widest intermediate (`bytes_per_sample` each) stays within 16 MiB.
+    groups of samples whose widest intermediate (`bytes_per_sample` each) stays within `budget` bytes
+    (default `CHUNK_BYTES_SAMPLES`, 16 MiB). The fewest groups that fit, of even size where the batch allows
+    (32 samples at 10 per group run as 8 + 8 + 8 + 8, not 10 + 10 + 10 + 2).
 
-    Why: the same page faults as in `rowwise_chunked`, for layers whose tokens depend on each other
-    within a sample (window attention). LG-Tiny's stage-1 qkv map is 115 MB at 224 px, batch 32;
-    its attention in groups of 4 images made the model 1.18x faster in inference (BENCHMARKS.md).
+    Why: the same page faults and cache misses as in `rowwise_chunked`, for layers whose tokens depend on
+    each other within a sample (attention). LG-Tiny's stage-1 qkv map is 115 MB at 224 px, batch 32;
+    its attention in groups of 4 images made the model 1.18x faster in inference; CvT-13 as a whole in
+    groups of 8, 1.09x (BENCHMARKS.md).
     Left whole when recording gradients (backward keeps every group's tensors anyway), on GPUs, under
     torch.compile and in ONNX tracing (a traced split would freeze the batch size).
     """
     if (x.device.type != 'cpu' or torch.is_grad_enabled() or torch.jit.is_tracing()
             or torch.compiler.is_compiling()):
         return fn(x)
-    step = max(1, CHUNK_BYTES_SAMPLES // max(bytes_per_sample, 1))
-    return fn(x) if step >= x.shape[0] else _blocks_into_place(fn, x, step)
+    batch = x.shape[0]
+    step = max(1, (CHUNK_BYTES_SAMPLES if budget is None else budget) // max(bytes_per_sample, 1))
+    if step >= batch:
+        return fn(x)
+    groups = -(-batch // step)
+    return _blocks_into_place(fn, x, -(-batch // groups))
 
 
 class TokenwiseMlpResidual:

@@ -181,24 +181,28 @@ def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
 
 
 def test_samplewise_chunked_equals_one_call(monkeypatch):
-    """Groups of samples in CPU inference (here 3 + 3 + 1), one call when recording gradients or tracing."""
-    monkeypatch.setattr(layers, 'CHUNK_BYTES_SAMPLES', 300)
+    """Groups of samples in CPU inference (9 samples, at most 4 per group: 3 + 3 + 3, not 4 + 4 + 1), one
+    call when recording gradients or tracing."""
+    monkeypatch.setattr(layers, 'CHUNK_BYTES_SAMPLES', 400)
     calls = []
 
     def per_sample(x):  # tokens of a sample depend on each other, samples do not
         calls.append(x.shape[0])
         return x.softmax(dim=1) * 2
-    x = torch.randn(7, 5, 4)
+    x = torch.randn(9, 5, 4)
     with torch.no_grad():
         got = layers.samplewise_chunked(per_sample, x, bytes_per_sample=100)
-        assert calls == [3, 3, 1]
+        assert calls == [3, 3, 3]
         torch.testing.assert_close(got, per_sample(x), rtol=0, atol=0)
         calls.clear()
+        layers.samplewise_chunked(per_sample, x, bytes_per_sample=100, budget=200)  # an explicit budget
+        assert calls == [2, 2, 2, 2, 1]
+        calls.clear()
         torch.jit.trace(lambda t: layers.samplewise_chunked(per_sample, t, 100), x, check_trace=False)
-        assert calls == [7]
+        assert calls == [9]
     calls.clear()
     layers.samplewise_chunked(per_sample, x.requires_grad_(), 100).sum().backward()
-    assert calls == [7]
+    assert calls == [9]
 
 
 def test_lg_attention_in_sample_groups_equals_whole(monkeypatch):
@@ -220,3 +224,35 @@ def test_lg_attention_in_sample_groups_equals_whole(monkeypatch):
     blocks = sum(len(s.blocks) for s in model.stages)
     assert calls['n'] == 3 * blocks
     torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_cvt_inference_in_sample_groups_equals_whole(monkeypatch):
+    """CvT in CPU inference runs its stages over groups of samples (here 2 + 2 + 1, fused or not) with the
+    whole batch's outputs; in train mode BatchNorm needs the whole batch, so it runs whole even without
+    autograd, as it does when recording gradients."""
+    import cvtlab.models.cvt as cvt
+    model = timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3),
+                              num_classes=10)
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2)
+    batches = []
+    model.stages[0].register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    x = torch.randn(5, 3, 64, 64)
+    first_map = 16 * 16 * 16 * 4  # bytes per sample of stage 1's 16 x 16 x 16 map
+    for m in (model.eval(), fuse_for_inference(model)):
+        with torch.no_grad():
+            monkeypatch.setattr(cvt, 'FEATURE_GROUP_BYTES', 1 << 40)
+            whole = m(x)
+            monkeypatch.setattr(cvt, 'FEATURE_GROUP_BYTES', 2 * first_map)
+            batches.clear()
+            grouped = m(x)
+        assert batches == [2, 2, 1]
+        torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)  # GEMMs of other sizes: ~1e-7
+    batches.clear()
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()(x)  # autograd on
+    assert batches == [5, 5]
