@@ -226,27 +226,33 @@ def test_lg_attention_in_sample_groups_equals_whole(monkeypatch):
     torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)
 
 
-def test_cvt_inference_in_sample_groups_equals_whole(monkeypatch):
-    """CvT in CPU inference runs its stages over groups of samples (here 2 + 2 + 1, fused or not) with the
-    whole batch's outputs; in train mode BatchNorm needs the whole batch, so it runs whole even without
-    autograd, as it does when recording gradients."""
-    import cvtlab.models.cvt as cvt
-    model = timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3),
-                              num_classes=10)
-    with torch.no_grad():  # non-trivial BN statistics
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2)
+@pytest.mark.parametrize('arch', ['cvt_13', 'lg_nano'])
+def test_inference_in_sample_groups_equals_whole(monkeypatch, arch):
+    """CvT and LG in CPU inference run their stages over groups of samples (here 2 + 2 + 1; CvT fused or
+    not) with the whole batch's outputs; in train mode (CvT's BatchNorm needs the whole batch) they run
+    whole even without autograd, as they do when recording gradients."""
+    if arch == 'cvt_13':
+        model = timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3),
+                                  num_classes=10)
+        with torch.no_grad():  # non-trivial BN statistics
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.5)
+                    m.running_var.uniform_(0.5, 2)
+        embed = model.stages[0].patch_embed.proj
+    else:
+        model = timm.create_model(arch, num_classes=10)
+        embed = model.patch_embed.proj
     batches = []
     model.stages[0].register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    variants = (model.eval(), fuse_for_inference(model)) if arch == 'cvt_13' else (model.eval(),)
     x = torch.randn(5, 3, 64, 64)
-    first_map = 16 * 16 * 16 * 4  # bytes per sample of stage 1's 16 x 16 x 16 map
-    for m in (model.eval(), fuse_for_inference(model)):
+    first_map = (64 // embed.stride[0]) ** 2 * embed.out_channels * 4  # bytes per sample
+    for m in variants:
         with torch.no_grad():
-            monkeypatch.setattr(cvt, 'FEATURE_GROUP_BYTES', 1 << 40)
+            monkeypatch.setattr(layers, 'CHUNK_BYTES_FEATURES', 1 << 40)
             whole = m(x)
-            monkeypatch.setattr(cvt, 'FEATURE_GROUP_BYTES', 2 * first_map)
+            monkeypatch.setattr(layers, 'CHUNK_BYTES_FEATURES', 2 * first_map)
             batches.clear()
             grouped = m(x)
         assert batches == [2, 2, 1]

@@ -35,12 +35,11 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import LayerNormFp32, TokenwiseMlpResidual, map_to_tokens, samplewise_chunked, set_compiled_blocks
+from ..layers import (LayerNormFp32, TokenwiseMlpResidual, features_in_sample_groups, map_to_tokens,
+                      set_compiled_blocks)
 from ._contract import StagedClassifierMixin
 
 __all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'fuse_for_inference', 'compile_for_inference']
-
-FEATURE_GROUP_BYTES = 8 << 20  # CPU inference: samples per group so that their first-stage map fits this
 
 
 def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -329,13 +328,12 @@ class CvT(StagedClassifierMixin, nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B C H W image -> B n+N C tokens of the last stage after the final LayerNorm (cls first)."""
-        if self.training:
+        if self.training:  # BatchNorm's statistics span the whole batch
             return self._features(x)
-        # CPU inference (no autograd, tracing or compiling): over groups of samples whose first token map
-        # fits in 8 MiB, so that each stage's maps stay in cache (CvT-13 at 224, batch 32: groups of 8)
+        # CPU inference: groups of samples whose maps stay in cache (at 224 px: 8 images per group)
         embed = self.stages[0].patch_embed.proj
         first_map = (x.shape[-2] // embed.stride[0]) * (x.shape[-1] // embed.stride[1]) * embed.out_channels
-        return samplewise_chunked(self._features, x, first_map * x.element_size(), budget=FEATURE_GROUP_BYTES)
+        return features_in_sample_groups(self._features, x, first_map * x.element_size())
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -47,7 +47,7 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import TokenwiseMlpResidual, samplewise_chunked
+from ..layers import TokenwiseMlpResidual, features_in_sample_groups, samplewise_chunked
 from ._contract import StagedClassifierMixin
 
 __all__ = ['LGTransformer', 'LGConfig', 'LG_VARIANTS', 'window_attention']
@@ -419,6 +419,14 @@ class LGTransformer(StagedClassifierMixin, nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B C H W image -> B H/32 W/32 C map (NHWC, for patch 4) after the final LayerNorm."""
+        if self.training:
+            return self._features(x)
+        # CPU inference: groups of samples whose maps stay in cache (at 224 px: 6 images per group)
+        embed = self.patch_embed.proj
+        first_map = (x.shape[-2] // embed.stride[0]) * (x.shape[-1] // embed.stride[1]) * embed.out_channels
+        return features_in_sample_groups(self._features, x, first_map * x.element_size())
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
