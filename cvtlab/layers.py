@@ -93,8 +93,8 @@ def samplewise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 
     Why: the same page faults and cache misses as in `rowwise_chunked`, for layers whose tokens depend on
     each other within a sample (attention). LG-Tiny's stage-1 qkv map is 115 MB at 224 px, batch 32;
-    its attention in groups of 4 images made the model 1.18x faster in inference; CvT-13 as a whole in
-    groups of 8, 1.09x (BENCHMARKS.md).
+    its attention in groups of 4 images made the model 1.18x faster in inference (BENCHMARKS.md); whole
+    networks run this way through `features_in_sample_groups`.
     Left whole when recording gradients (backward keeps every group's tensors anyway), on GPUs, under
     torch.compile and in ONNX tracing (a traced split would freeze the batch size).
     """
@@ -119,8 +119,8 @@ def features_in_sample_groups(features: Callable[[torch.Tensor], torch.Tensor], 
     the caller must run it whole in train mode (BatchNorm's batch statistics).
 
     Why: every stage's maps of a few images stay in cache, where a batch's would not. At 224 px, batch 32:
-    CvT-13 in groups of 8 1.08x, LG-Tiny in groups of 6 1.16x; CvT-13 at 384, batch 8, in 3 + 3 + 2 1.07x
-    (BENCHMARKS.md).
+    CvT-13 in groups of 8 1.08x, LG-Tiny in groups of 6 1.07x; CvT-13 at 384, batch 8, in 3 + 3 + 2 1.07x
+    (BENCHMARKS.md; more where other jobs share the cache).
     """
     return samplewise_chunked(features, x, first_map_bytes, budget=CHUNK_BYTES_FEATURES)
 
