@@ -113,16 +113,18 @@ CHUNK_BYTES_FEATURES = 8 << 20  # `features_in_sample_groups`: a group's first-s
 
 
 def features_in_sample_groups(features: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                              first_map_bytes: int) -> torch.Tensor:
+                              first_conv: nn.Conv2d) -> torch.Tensor:
     """A model's whole feature extraction, `features(x)`, over groups of samples whose first-stage map
-    (`first_map_bytes` per sample) fits `CHUNK_BYTES_FEATURES`, in CPU inference (`samplewise_chunked`);
-    the caller must run it whole in train mode (BatchNorm's batch statistics).
+    (what `first_conv`, the stem, makes of one image) fits `CHUNK_BYTES_FEATURES`, in CPU inference
+    (`samplewise_chunked`); the caller must run it whole in train mode (BatchNorm's batch statistics).
 
     Why: every stage's maps of a few images stay in cache, where a batch's would not. At 224 px, batch 32:
     CvT-13 in groups of 8 1.08x, LG-Tiny in groups of 6 1.07x; CvT-13 at 384, batch 8, in 3 + 3 + 2 1.07x
     (BENCHMARKS.md; more where other jobs share the cache).
     """
-    return samplewise_chunked(features, x, first_map_bytes, budget=CHUNK_BYTES_FEATURES)
+    sh, sw = first_conv.stride
+    first_map = (x.shape[-2] // sh) * (x.shape[-1] // sw) * first_conv.out_channels * x.element_size()
+    return samplewise_chunked(features, x, first_map, budget=CHUNK_BYTES_FEATURES)
 
 
 class TokenwiseMlpResidual:

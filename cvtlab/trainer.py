@@ -313,8 +313,8 @@ class Trainer:
                    data_wait_frac=state.epoch_data_seconds / max(state.epoch_seconds, 1e-9))
         state.history.append(row)
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        state.epoch_loss_sum, state.epoch_batches, state.epoch_images, state.epoch_seconds = 0.0, 0, 0, 0.0
-        state.epoch_data_seconds = 0.0
+        state.epoch_loss_sum, state.epoch_batches, state.epoch_images = 0.0, 0, 0
+        state.epoch_seconds = state.epoch_data_seconds = 0.0
         self._log_epoch(state, writer)
         if metrics['top1'] > state.best_top1:
             state.best_top1, state.best_epoch = metrics['top1'], row['epoch']

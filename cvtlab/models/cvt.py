@@ -331,9 +331,7 @@ class CvT(StagedClassifierMixin, nn.Module):
         if self.training:  # BatchNorm's statistics span the whole batch
             return self._features(x)
         # CPU inference: groups of samples whose maps stay in cache (at 224 px: 8 images per group)
-        embed = self.stages[0].patch_embed.proj
-        first_map = (x.shape[-2] // embed.stride[0]) * (x.shape[-1] // embed.stride[1]) * embed.out_channels
-        return features_in_sample_groups(self._features, x, first_map * x.element_size())
+        return features_in_sample_groups(self._features, x, self.stages[0].patch_embed.proj)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -419,12 +419,10 @@ class LGTransformer(StagedClassifierMixin, nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B C H W image -> B H/32 W/32 C map (NHWC, for patch 4) after the final LayerNorm."""
-        if self.training:
+        if self.training:  # as CvT: a train-mode batch stays whole
             return self._features(x)
         # CPU inference: groups of samples whose maps stay in cache (at 224 px: 6 images per group)
-        embed = self.patch_embed.proj
-        first_map = (x.shape[-2] // embed.stride[0]) * (x.shape[-1] // embed.stride[1]) * embed.out_channels
-        return features_in_sample_groups(self._features, x, first_map * x.element_size())
+        return features_in_sample_groups(self._features, x, self.patch_embed.proj)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
