@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import cvtlab  # noqa: F401  (registers the models)
 import cvtlab.layers as layers
 from cvtlab.benchmark import time_interleaved
-from cvtlab.models.cvt import fuse_for_inference
+from cvtlab.deploy import fuse_for_inference
 
 CPU = torch.device('cpu')
 

@@ -20,7 +20,7 @@ from torch.profiler import profile
 import cvtlab  # noqa: F401
 from cvtlab.benchmark import matmul_probe
 from cvtlab.flops import count_macs
-from cvtlab.models.cvt import fuse_for_inference
+from cvtlab.deploy import fuse_for_inference
 
 
 def bf16_probe():

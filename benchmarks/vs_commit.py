@@ -3,8 +3,8 @@
 The earlier package comes out of git (`git archive`) and is imported under another name, so both versions
 run interleaved (A B A B ..., medians) on the same weights and the same input. Inference runs each
 version's `fuse_for_inference` for CvT models (LG models as they are, in eval mode); `--train` times one
-forward + backward instead; `--compile` compiles both (static shapes; inference with inductor freezing and,
-for the current tree, token blocks unrolled as `cvtlab.compile_for_inference` does).
+forward + backward instead; `--compile` compiles both (static shapes; inference through each version's own
+`compile_for_inference`, or, for versions before it, `FrozenCompiled` of the whole model).
 
 Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
            [--repeats 8] [--train] [--compile] [--json FILE]
@@ -25,8 +25,7 @@ import torch
 
 import cvtlab  # noqa: F401  (registers the models)
 from cvtlab.benchmark import time_interleaved
-from cvtlab.layers import set_compiled_blocks
-from cvtlab.models.cvt import fuse_for_inference
+from cvtlab.deploy import FrozenCompiled, fuse_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +53,7 @@ def main():
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--repeats', type=int, default=8)
     p.add_argument('--train', action='store_true', help='time forward + backward instead of inference')
-    p.add_argument('--compile', action='store_true', help='torch.compile both (inference: with freezing)')
+    p.add_argument('--compile', action='store_true', help='torch.compile both (inference: each version\'s compile_for_inference)')
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
 
@@ -69,14 +68,16 @@ def main():
         for m in models.values():
             m.train()
     elif family == 'cvt':
-        models = {'current': fuse_for_inference(current), args.commit: old_pkg.models.cvt.fuse_for_inference(earlier)}
+        models = {'current': fuse_for_inference(current), args.commit: old_pkg.fuse_for_inference(earlier)}
     else:
         models = {k: m.eval() for k, m in models.items()}
-    if args.compile:
-        options = None if args.train else {'freezing': True}
-        if not args.train:  # as cvtlab.compile_for_inference does; the earlier commit may predate it
-            set_compiled_blocks(models['current'])
-        models = {k: torch.compile(m, fullgraph=True, dynamic=False, options=options) for k, m in models.items()}
+    if args.compile and args.train:
+        models = {k: torch.compile(m, fullgraph=True, dynamic=False) for k, m in models.items()}
+    elif args.compile:  # each version's own compile_for_inference, or, before there was one, frozen whole
+        def frozen_whole(m):
+            return FrozenCompiled(m, fullgraph=True, dynamic=False)
+        models = {'current': cvtlab.compile_for_inference(models['current']),
+                  args.commit: getattr(old_pkg, 'compile_for_inference', frozen_whole)(models[args.commit])}
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def step(model):

@@ -10,12 +10,12 @@ from .errors import CheckpointError, ConfigError, CvtlabError, DataError
 from .flops import count_macs, count_params
 from .registry import convert_checkpoint, create_model, list_models, load_model
 from .config import TrainConfig, make_config
+from .deploy import FrozenCompiled, compile_for_inference, fuse_for_inference
 from .inference import evaluate, predict
-from .models.cvt import compile_for_inference, fuse_for_inference
 from .trainer import train
 
 __all__ = [
     'create_model', 'list_models', 'load_model', 'load_checkpoint', 'save_model', 'convert_checkpoint',
-    'count_macs', 'count_params', 'benchmark_model', 'compare_hf', 'fuse_for_inference', 'compile_for_inference', 'train', 'evaluate', 'predict', 'TrainConfig', 'make_config', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
+    'count_macs', 'count_params', 'benchmark_model', 'compare_hf', 'fuse_for_inference', 'compile_for_inference', 'FrozenCompiled', 'train', 'evaluate', 'predict', 'TrainConfig', 'make_config', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
 ]
 __version__ = '0.1.0'

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .flops import count_macs
+from .deploy import FrozenCompiled
 from .layers import set_compiled_blocks
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -40,7 +41,7 @@ class BenchSettings:
     """What one benchmark run measures and how.
 
     `img_size` None means the model's own default input size. `fuse` applies `reparameterize_model`
-    (BN folding, see `cvtlab.models.cvt.fuse_for_inference`) to the inference copy only.
+    (BN folding, see `cvtlab.fuse_for_inference`) to the inference copy only.
     """
     batch_size: int = 8
     img_size: Optional[int] = None
@@ -208,11 +209,11 @@ def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
         model = reparameterize_model(model, inplace=True)
     if s.compile:
         # dynamic=False: the training crash, ecosystem.md Sec. 2. Inference copies also get inductor's
-        # freezing (weights become constants: pre-packed oneDNN GEMMs with bias/activation epilogues)
-        options = None if training else {'freezing': True}
-        if not training:  # static shapes: cvtlab's CPU token blocks may unroll into the graph
-            set_compiled_blocks(model)
-        model = torch.compile(model, dynamic=False, options=options)
+        # freezing (weights become constants: pre-packed MKL GEMMs, oneDNN convs with fused bias)
+        if training:
+            return torch.compile(model, dynamic=False)
+        set_compiled_blocks(model)  # static shapes: cvtlab's CPU token blocks may unroll into the graph
+        return FrozenCompiled(model, dynamic=False)
     return model
 
 

@@ -52,7 +52,7 @@ def export_onnx(model: nn.Module, path, *, fuse: bool = False, opset: int = 17,
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     if fuse:  # every module with a fuse() method (BN folded into the depth-wise convs, QuickGELU as SiLU)
-        from .models.cvt import fuse_for_inference
+        from .deploy import fuse_for_inference
         model = fuse_for_inference(model, inplace=True)
     input_size = model.pretrained_cfg.get('input_size', (3, 224, 224))
     sizes = check_sizes or _check_sizes(input_size)

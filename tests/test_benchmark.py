@@ -13,7 +13,8 @@ import torch
 import cvtlab
 from cvtlab.benchmark import BenchSettings, benchmark_model, compare_hf, sweep_resolution, plot_sweep
 from cvtlab.cli import main
-from cvtlab.models.cvt import ConvProjection, fuse_for_inference
+from cvtlab.deploy import fuse_for_inference
+from cvtlab.models.cvt import ConvProjection
 
 TINY = BenchSettings(batch_size=2, img_size=32, warmup=1, repeats=1, latency_repeats=2)
 SMALL_CVT = dict(embed_dims=(16, 32, 48), depths=(1, 2, 3), num_heads=(1, 2, 3))
@@ -79,17 +80,22 @@ def test_compare_hf_same_weights():
 
 def test_compile_wiring_freezes_inference_and_can_leave_hf_eager(monkeypatch):
     """--compile: every copy compiled, inference copies with inductor freezing; --hf-eager leaves HF alone.
-    torch.compile is replaced by a recorder (a real compile of four copies would take minutes)."""
+    torch.compile and FrozenCompiled are replaced by recorders (a real compile of four copies would take
+    minutes)."""
     pytest.importorskip('transformers')
+    import cvtlab.benchmark
     calls = []
 
-    def fake_compile(model, **kwargs):
-        calls.append((type(model).__name__, model.training, kwargs.get('options')))
-        return model
-    monkeypatch.setattr(torch, 'compile', fake_compile)
+    def recorder(how):
+        def fake_compile(model, **kwargs):
+            calls.append((type(model).__name__, model.training, how, kwargs.get('dynamic')))
+            return model
+        return fake_compile
+    monkeypatch.setattr(torch, 'compile', recorder('plain'))
+    monkeypatch.setattr(cvtlab.benchmark, 'FrozenCompiled', recorder('frozen'))
     ours, hf = compare_hf('cvt_13', replace(TINY, compile=True, latency=False), model_args=SMALL_CVT,
                           hf_eager=True)
-    assert sorted(calls, key=str) == [('CvT', False, {'freezing': True}), ('CvT', True, None)]
+    assert sorted(calls, key=str) == [('CvT', False, 'frozen', False), ('CvT', True, 'plain', False)]
     assert ours['compiled'] and not hf['compiled']
     calls.clear()
     compare_hf('cvt_13', replace(TINY, compile=True, latency=False, train=False), model_args=SMALL_CVT)
@@ -141,14 +147,23 @@ def test_conv_projection_fuse_is_idempotent():
 
 def test_compile_fullgraph_matches_eager(monkeypatch):
     """One small inductor compile (~30 s cold on 2 cores) through cvtlab.compile_for_inference, with token
-    blocks small enough to unroll: no graph breaks (fullgraph), inductor freezing, same outputs."""
+    blocks small enough to unroll: no graph breaks (fullgraph), inductor freezing in effect (packed GEMMs in
+    the profile), same outputs."""
     import cvtlab.layers
     monkeypatch.setattr(cvtlab.layers, 'CHUNK_BYTES_COMPILED', 64 * 64 * 4)  # stage 1: 128 rows, hidden 64 -> 2 blocks
     model = random_bn(timm.create_model('cvt_13', **SMALL_CVT))
+    torch._dynamo.reset()  # no earlier compile of a CvT in this process to reuse (cvtlab.FrozenCompiled)
     compiled = cvtlab.compile_for_inference(model)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (compiled(x) - fuse_for_inference(model)(x)).abs().max() <= 1e-4
+        with torch.profiler.profile() as prof:
+            compiled(x)
+    ops = {e.key for e in prof.key_averages()}
+    if torch.backends.mkl.is_available():  # frozen: the Linears run as pre-packed MKL GEMMs, the convs fused
+        assert 'mkl::_mkl_linear' in ops and 'aten::addmm' not in ops, sorted(ops)
+        assert 'mkldnn::_convolution_pointwise' in ops, sorted(ops)
+    assert compiled.num_classes == model.num_classes  # attributes reach the model
     torch._dynamo.reset()
 
 

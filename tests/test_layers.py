@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import cvtlab  # noqa: F401  (registers the models)
 import cvtlab.layers as layers
-from cvtlab.models.cvt import fuse_for_inference
+from cvtlab.deploy import fuse_for_inference
 
 
 class CountingMlp(nn.Module):

@@ -21,7 +21,6 @@ Differences from HF transformers' `CvtForImageClassification`: HF uses exact GEL
 official model (and so the released weights) use QuickGELU; its logits drift by ~0.03 from the official
 ones. HF also indexes drop-path rates by stage and drops the whole residual stream; we do neither.
 """
-import copy
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -35,11 +34,10 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import (LayerNormFp32, TokenwiseMlpResidual, features_in_sample_groups, map_to_tokens,
-                      set_compiled_blocks)
+from ..layers import LayerNormFp32, TokenwiseMlpResidual, features_in_sample_groups, map_to_tokens
 from ._contract import StagedClassifierMixin
 
-__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'fuse_for_inference', 'compile_for_inference']
+__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS']
 
 
 def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -400,34 +398,6 @@ class CvT(StagedClassifierMixin, nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(tokens), intermediates
-
-
-def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """An eval-only copy of `model` (or `model` itself, `inplace`) with every `fuse()` applied:
-    BatchNorm folded into the depth-wise convs, QuickGELU turned into one SiLU. Outputs equal the
-    unfused eval model to ~1e-6; do not train the result (BN statistics are baked in).
-    """
-    from timm.utils.model import reparameterize_model
-    model = model if inplace else copy.deepcopy(model)
-    return reparameterize_model(model.eval(), inplace=True)
-
-
-def compile_for_inference(model: nn.Module, inplace: bool = False, **compile_kwargs) -> nn.Module:
-    """`torch.compile` of `fuse_for_inference(model)` for fast CPU/GPU inference at fixed input sizes.
-
-    Defaults: `fullgraph=True, dynamic=False` and inductor freezing (weights as constants: pre-packed
-    GEMMs with fused bias and activation); `compile_kwargs` override them. With static shapes the CPU
-    token blocks of `rowwise_chunked` unroll into the graph (CvT-13 at 224/batch 32: 1.05x over compiling
-    the model whole; BENCHMARKS.md). A new input size recompiles; pass `dynamic=True` (or None) for varying
-    sizes (the blocks then run whole).
-    """
-    model = fuse_for_inference(model, inplace)
-    kwargs = dict(fullgraph=True, dynamic=False)
-    if compile_kwargs.get('backend', 'inductor') == 'inductor':
-        kwargs['options'] = {'freezing': True}
-    kwargs.update(compile_kwargs)
-    # only a declared dynamic=False keeps sizes static (None lets dynamo make them symbolic on a recompile)
-    return torch.compile(set_compiled_blocks(model, static=kwargs['dynamic'] is False), **kwargs)
 
 
 # --- variants (Table 2 and the official experiments/imagenet/cvt/*.yaml) ---------------------------------
