@@ -36,9 +36,10 @@ class FrozenCompiled(nn.Module):
     runs them. Change the weights in place and the graph keeps the old ones: compile again. Calls with
     gradients enabled compile an ordinary graph. The reverse can happen: an unfrozen compile of another
     instance of the same class, made earlier in the process, may be reused here (its guards pass), so
-    compare frozen and unfrozen compiles in separate processes. Attributes not found here are looked up on the model
-    (`num_classes`, `pretrained_cfg`, ...); the state_dict keys carry the `_orig_mod.` prefix that
-    `torch.compile` gives them too.
+    compare frozen and unfrozen compiles in separate processes.
+
+    Attributes not found here are looked up on the model (`num_classes`, `pretrained_cfg`, ...); the
+    state_dict keys carry the `_orig_mod.` prefix that `torch.compile` gives them too.
     """
 
     def __init__(self, model: nn.Module, **compile_kwargs):
