@@ -27,9 +27,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .deploy import FrozenCompiled
 from .errors import ConfigError
 from .flops import count_macs
-from .deploy import FrozenCompiled
 from .layers import set_compiled_blocks
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}

@@ -15,6 +15,7 @@ from cvtlab.benchmark import BenchSettings, benchmark_model, compare_hf, sweep_r
 from cvtlab.cli import main
 from cvtlab.deploy import fuse_for_inference
 from cvtlab.models.cvt import ConvProjection
+from contract import random_bn
 
 TINY = BenchSettings(batch_size=2, img_size=32, warmup=1, repeats=1, latency_repeats=2)
 SMALL_CVT = dict(embed_dims=(16, 32, 48), depths=(1, 2, 3), num_heads=(1, 2, 3))
@@ -22,22 +23,6 @@ FIELDS = ['infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer
           'infer_latency_p90_ms', 'infer_peak_mem_mb', 'train_samples_per_sec', 'train_step_time',
           'train_peak_mem_mb', 'param_count', 'infer_gmacs', 'infer_gflops_per_sec', 'infer_matmul_fraction',
           'matmul_gflops_per_sec']
-
-
-def random_bn(model):
-    """Non-trivial BN statistics and affine parameters, so that folding them is actually tested."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, t in model.named_buffers():
-            if name.endswith('running_var'):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith('running_mean'):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model
 
 
 def test_benchmark_model_returns_every_field():

@@ -7,6 +7,7 @@ import torch.nn as nn
 import cvtlab  # noqa: F401  (registers the models)
 import cvtlab.layers as layers
 from cvtlab.deploy import fuse_for_inference
+from contract import random_bn
 
 
 class CountingMlp(nn.Module):
@@ -232,13 +233,8 @@ def test_inference_in_sample_groups_equals_whole(monkeypatch, arch):
     not) with the whole batch's outputs; in train mode (CvT's BatchNorm needs the whole batch) they run
     whole even without autograd, as they do when recording gradients."""
     if arch == 'cvt_13':
-        model = timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3),
-                                  num_classes=10)
-        with torch.no_grad():  # non-trivial BN statistics
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.running_mean.normal_(0, 0.5)
-                    m.running_var.uniform_(0.5, 2)
+        model = random_bn(timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2),
+                                            num_heads=(1, 2, 3), num_classes=10))
         embed = model.stages[0].patch_embed.proj
     else:
         model = timm.create_model(arch, num_classes=10)
