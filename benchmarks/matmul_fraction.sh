@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The spread of "fraction of the matmul rate" (CvT-13, fp32 inference, 224 px, batch 32) over repeated
+# commands, three ways of running the model taking turns in every round (on a shared machine one command
+# is one sample, not the answer):
+#   eager     cvtlab's fused eager model (the default);
+#   frozen    `--compile`: inductor with freezing, Linears as pre-packed MKL GEMMs, element-wise work fused
+#             by inductor into separate passes;
+#   autotune  the same with max-autotune choosing, per GEMM, between MKL and inductor's own C++ GEMM
+#             template, which can fuse bias, SiLU and residual adds into the GEMM's output (epilogue).
+# Usage: benchmarks/matmul_fraction.sh [rounds, default 4]   (~6 min per round on a 2-core CPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CVTLAB=${CVTLAB:-.venv/bin/cvtlab}
+out=benchmarks/results/matmul_fraction
+mkdir -p $out
+ARGS="cvt_13 -b 32 --img-size 224 --no-train --no-latency --repeats 8 --json"
+AUTOTUNE="TORCHINDUCTOR_MAX_AUTOTUNE=1 TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS=CPP,ATEN"
+for i in $(seq 1 "${1:-4}"); do
+    $CVTLAB benchmark $ARGS > $out/eager_$i.json
+    $CVTLAB benchmark $ARGS --compile > $out/frozen_$i.json 2> /dev/null
+    env $AUTOTUNE $CVTLAB benchmark $ARGS --compile > $out/autotune_$i.json 2> /dev/null
+done
+.venv/bin/python - "$out" <<'PY' | tee $out/summary.txt
+import glob, json, statistics, sys
+print('way       runs  fraction of the probe: median (min-max)   probe GFLOP/s (min-max)   img/s median')
+for way in ('eager', 'frozen', 'autotune'):
+    rows = [json.load(open(f))['results'][0] for f in sorted(glob.glob(f'{sys.argv[1]}/{way}_*.json'))]
+    frac = [100 * r['infer_matmul_fraction'] for r in rows]
+    rate = [r['matmul_gflops_per_sec'] for r in rows]
+    ips = [r['infer_samples_per_sec'] for r in rows]
+    print(f'{way:9s} {len(rows):4d}  {statistics.median(frac):5.1f}% ({min(frac):.1f}-{max(frac):.1f}%)'
+          f'{"":22s}{min(rate):4.0f}-{max(rate):4.0f}{"":18s}{statistics.median(ips):5.2f}')
+PY
