@@ -7,24 +7,32 @@
 #             by inductor into separate passes;
 #   autotune  the same with max-autotune choosing, per GEMM, between MKL and inductor's own C++ GEMM
 #             template, which can fuse bias, SiLU and residual adds into the GEMM's output (epilogue).
-# Usage: benchmarks/matmul_fraction.sh [rounds, default 4]   (~6 min per round on a 2-core CPU)
+# Usage: benchmarks/matmul_fraction.sh [rounds, default 4] [ways, default "eager frozen autotune"]
+#        (~6 min per round with all three ways on a 2-core CPU). Results: results/matmul_fraction_<commit>/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CVTLAB=${CVTLAB:-.venv/bin/cvtlab}
-out=benchmarks/results/matmul_fraction
+out=benchmarks/results/matmul_fraction_$(git rev-parse --short HEAD)
+WAYS=${2:-eager frozen autotune}
 mkdir -p $out
 ARGS="cvt_13 -b 32 --img-size 224 --no-train --no-latency --repeats 8 --json"
 AUTOTUNE="TORCHINDUCTOR_MAX_AUTOTUNE=1 TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS=CPP,ATEN"
 for i in $(seq 1 "${1:-4}"); do
-    $CVTLAB benchmark $ARGS > $out/eager_$i.json
-    $CVTLAB benchmark $ARGS --compile > $out/frozen_$i.json 2> /dev/null
-    env $AUTOTUNE $CVTLAB benchmark $ARGS --compile > $out/autotune_$i.json 2> /dev/null
+    for way in $WAYS; do
+        case $way in
+            eager) $CVTLAB benchmark $ARGS > $out/eager_$i.json 2> /dev/null ;;
+            frozen) $CVTLAB benchmark $ARGS --compile > $out/frozen_$i.json 2> /dev/null ;;
+            autotune) env $AUTOTUNE $CVTLAB benchmark $ARGS --compile > $out/autotune_$i.json 2> /dev/null ;;
+        esac
+    done
 done
 .venv/bin/python - "$out" <<'PY' | tee $out/summary.txt
 import glob, json, statistics, sys
 print('way       runs  fraction of the probe: median (min-max)   probe GFLOP/s (min-max)   img/s median')
 for way in ('eager', 'frozen', 'autotune'):
     rows = [json.load(open(f))['results'][0] for f in sorted(glob.glob(f'{sys.argv[1]}/{way}_*.json'))]
+    if not rows:
+        continue
     frac = [100 * r['infer_matmul_fraction'] for r in rows]
     rate = [r['matmul_gflops_per_sec'] for r in rows]
     ips = [r['infer_samples_per_sec'] for r in rows]
