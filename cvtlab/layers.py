@@ -31,6 +31,10 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 CHUNK_BYTES_INFERENCE = 4 << 20  # 4 MiB: stays in L2/L3 between the two GEMMs of an MLP
 CHUNK_BYTES_TRAINING = 8 << 20  # larger: every block adds a weight-gradient GEMM and an accumulation
 CHUNK_BYTES_COMPILED = 16 << 20  # under torch.compile (inference): fewer unrolled copies to compile
+# ... and at most this many rows: a narrow MLP (CvT stage 1: 64 -> 256) does 4x fewer multiply-adds per byte
+# of hidden layer than stage 3's, and its 16 MiB blocks (16384 rows) left the cache: fc1 / fc2 at 53% / 62%
+# of the probe's rate in the frozen profile, against ~100% for stage 3's 2730-row blocks
+CHUNK_ROWS_COMPILED = 8192
 
 
 def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, width: int,
@@ -46,7 +50,7 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     training 1.00x (benchmarks/chunked_mlp.py, BENCHMARKS.md).
     Under torch.compile it runs whole (dynamo cannot tell static sizes from symbolic ones here, and a loop
     over symbolic sizes would pin them), unless `compiled_blocks` says the caller compiles inference with
-    static shapes (`cvtlab.compile_for_inference`): then the blocks, 16 MiB each, unroll into one graph
+    static shapes (`cvtlab.compile_for_inference`): then the blocks, 16 MiB and 4096 rows at most, unroll into one graph
     that inductor fuses (CvT-13 1.05x over compiled whole, BENCHMARKS.md). Also whole on GPUs and in ONNX
     tracing (a traced loop would freeze the batch size).
     """
@@ -59,6 +63,8 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     budget = CHUNK_BYTES_COMPILED if compiling else CHUNK_BYTES_TRAINING if grad else CHUNK_BYTES_INFERENCE
     rows = x.numel() // x.shape[-1]
     step = max(64, budget // (width * x.element_size()))
+    if compiling:
+        step = min(step, CHUNK_ROWS_COMPILED)
     if rows < 2 * step:
         return fn(x)
     flat = x.reshape(rows, x.shape[-1])

@@ -163,7 +163,7 @@ def _captured_linears(compile_fn, x):
 
 def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
     """cvtlab.compile_for_inference (static shapes) unrolls the token blocks into the graph: more Linear
-    calls, same outputs. A plain torch.compile, dynamic=True and compiled training run them whole."""
+    calls (more still under a lower row cap), same outputs. A plain torch.compile, dynamic=True and compiled training run them whole."""
     monkeypatch.setattr(layers, 'CHUNK_BYTES_COMPILED', 64 * 128 * 4)  # cvt_tiny stage 1: 512 rows, 128 hidden
     model = timm.create_model('cvt_tiny', num_classes=10)
     x = torch.randn(2, 3, 64, 64)
@@ -174,7 +174,11 @@ def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         _, whole = _captured_linears(lambda **kw: torch.compile(fused, fullgraph=True, dynamic=False, **kw), x)
         _, dynamic = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, dynamic=True, **kw), x)
+        monkeypatch.setattr(layers, 'CHUNK_ROWS_COMPILED', 32)  # the row cap halves the 64-row blocks
+        out, capped = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, **kw), x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert unrolled > whole, 'compile_for_inference did not unroll the token blocks'
+    assert capped > unrolled, 'CHUNK_ROWS_COMPILED did not cap the compiled token blocks'
     assert dynamic == whole
     _, trained = _captured_linears(lambda **kw: torch.compile(model.train(), fullgraph=True, dynamic=False, **kw), x)
     assert trained == whole

@@ -127,6 +127,8 @@ class ConvAttention(nn.Module):
         n = self.num_prefix_tokens
         # parity: the cls token bypasses the depth-wise conv and BN, but not the Linear projections
         prefix, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
+        if n:  # behind the cls token the map is a strided view, which each of the three convs would copy
+            fmap = fmap.contiguous(memory_format=torch.channels_last)
         q = self.proj_q(self._with_prefix(prefix, self.conv_proj_q(fmap)))  # B n+HW C
         k = self.proj_k(self._with_prefix(prefix, self.conv_proj_k(fmap)))  # B n+H'W' C
         v = self.proj_v(self._with_prefix(prefix, self.conv_proj_v(fmap)))
