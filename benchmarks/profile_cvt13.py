@@ -5,6 +5,7 @@ step (--train), op self-times grouped into GEMM / attention / conv / activation 
 the bound on the ratio is visible: both run the same GEMMs.
 
 Usage: .venv/bin/python benchmarks/profile_cvt13.py [--batch-size 8] [--img-size 224] [--bf16]
+       .venv/bin/python benchmarks/profile_cvt13.py --compile --batch-size 32 [--repeats 4]
        .venv/bin/python benchmarks/profile_cvt13.py --compare-hf [--train] [--by-shape] [--batch-size 4]
 Run with OMP_NUM_THREADS=1 for a profile that a busy neighbour on the other core does not distort.
 """
@@ -122,6 +123,36 @@ def compare_hf_profile(args):
               f'HF {gflop / rows["hf"]["wall"] * 1e3 / rate:.0%}')
 
 
+def compiled_profile(args):
+    """The frozen compiled model, one profiled call after timed calls interleaved with the matmul probe;
+    inductor's own kernels appear by name (`cpp.enable_kernel_profile`), extern ones under their op or, with
+    the C++ wrapper, as `aoti_torch_cpu_*` without shapes."""
+    from cvtlab.deploy import compile_for_inference
+    torch._inductor.config.cpp.enable_kernel_profile = True
+    torch.manual_seed(0)
+    model = compile_for_inference(timm.create_model('cvt_13'))
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    probe, probe_gflop = matmul_probe()
+    gflop = 2 * count_macs(fuse_for_inference(timm.create_model('cvt_13')), (3, args.img_size, args.img_size)) / 1e9
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(x)
+        print(f'compile + first call: {time.perf_counter() - start:.0f} s')
+        model_s, probe_s = [], []
+        for _ in range(args.repeats):
+            for fn, times in ((lambda: model(x), model_s), (probe, probe_s)):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+        rate = probe_gflop / statistics.median(probe_s)
+        print(f'median of {args.repeats}: {statistics.median(model_s):.3f} s per call, probe {rate:.0f} GFLOP/s, '
+              f'{gflop * args.batch_size / statistics.median(model_s) / rate:.1%} of it')
+        with profile(record_shapes=True) as prof:
+            model(x)
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by='self_cpu_time_total', row_limit=40, max_name_column_width=55, max_shapes_column_width=70))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--batch-size', type=int, default=8)
@@ -131,9 +162,13 @@ def main():
     p.add_argument('--train', action='store_true', help='with --compare-hf: a training step')
     p.add_argument('--by-shape', action='store_true', help='with --compare-hf: also the top ops by input shape')
     p.add_argument('--repeats', type=int, default=5, help='with --compare-hf: profiled calls per model')
+    p.add_argument('--compile', action='store_true',
+                   help='cvtlab.compile_for_inference (frozen), inductor kernels profiled, top ops by input shape')
     args = p.parse_args()
     if args.compare_hf:
         return compare_hf_profile(args)
+    if args.compile:
+        return compiled_profile(args)
     model = fuse_for_inference(timm.create_model('cvt_13'))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=args.bf16):
