@@ -53,8 +53,8 @@ def scaling(model, gflop_per_image: float, repeats: int):
     for threads in (1, 2):
         rate = probe_gflop / statistics.median(probe_s[threads])
         model_rate = 8 * gflop_per_image / statistics.median(wall[threads])
-        print(f'{threads} thread(s): probe {rate:.0f} GFLOP/s, model {model_rate:.0f} GFLOP/s = {model_rate / rate:.1%} '
-              f'of the probe (unprofiled calls)')
+        print(f'{threads} thread(s): probe {rate:.0f} GFLOP/s, model {model_rate:.0f} GFLOP/s = '
+              f'{model_rate / rate:.1%} of the probe (unprofiled calls)')
     print(f'scaling 1 -> 2 threads: probe {statistics.median(probe_s[1]) / statistics.median(probe_s[2]):.2f}x, '
           f'model {statistics.median(wall[1]) / statistics.median(wall[2]):.2f}x')
 

@@ -30,7 +30,11 @@ class FrozenCompiled(nn.Module):
     Why a wrapper: `torch.compile(options={'freezing': True})` reaches inductor but not dynamo, which
     decides while tracing whether parameters are constants (torch 2.14: the weights stay graph inputs and
     nothing is frozen; the profile shows `aten::addmm`, not `mkl::_mkl_linear`). So the global flag is
-    set around every call, covering the first trace and any recompile.
+    set around every call, covering the first trace and any recompile. For CPU inputs without gradients
+    inductor's `cpp_wrapper` is set the same way: the graph's kernel calls then run from C++, not Python.
+    Together with two model changes of the same commit (a363b46), CvT-13 at 224/batch 32 went from 76.3%
+    to 80.1% of the matmul probe (medians of three alternating commands; BENCHMARKS.md); its first compile
+    then takes about 2 minutes on two cores instead of 1.
 
     Frozen graphs are guarded on the identity of their weights, so another model of the same class never
     runs them. Change the weights in place and the graph keeps the old ones: compile again. Calls with
@@ -52,7 +56,8 @@ class FrozenCompiled(nn.Module):
         # on CPU also a C++ wrapper: the graph's ~2000 kernel calls at batch 32 then skip Python (CvT-13
         # frozen profile: 48 ms of 3.1 s was the Python wrapper's own time)
         on_cpu = all(a.device.type == 'cpu' for a in args if isinstance(a, torch.Tensor))
-        with torch._inductor.config.patch(freezing=True, cpp_wrapper=on_cpu):
+        cpp_wrapper = on_cpu and not torch.is_grad_enabled()  # inference graphs only, as freezing
+        with torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
             return self._compiled_forward(*args, **kwargs)
 
     def __getattr__(self, name: str):

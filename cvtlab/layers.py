@@ -50,9 +50,9 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     training 1.00x (benchmarks/chunked_mlp.py, BENCHMARKS.md).
     Under torch.compile it runs whole (dynamo cannot tell static sizes from symbolic ones here, and a loop
     over symbolic sizes would pin them), unless `compiled_blocks` says the caller compiles inference with
-    static shapes (`cvtlab.compile_for_inference`): then the blocks, 16 MiB and 4096 rows at most, unroll into one graph
-    that inductor fuses (CvT-13 1.05x over compiled whole, BENCHMARKS.md). Also whole on GPUs and in ONNX
-    tracing (a traced loop would freeze the batch size).
+    static shapes (`cvtlab.compile_for_inference`): then the blocks, 16 MiB and 8192 rows at most, unroll
+    into one graph that inductor fuses (CvT-13 1.05x over compiled whole, BENCHMARKS.md). Also whole on GPUs
+    and in ONNX tracing (a traced loop would freeze the batch size).
     """
     if x.device.type != 'cpu' or torch.jit.is_tracing():
         return fn(x)
