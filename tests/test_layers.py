@@ -163,7 +163,8 @@ def _captured_linears(compile_fn, x):
 
 def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
     """cvtlab.compile_for_inference (static shapes) unrolls the token blocks into the graph: more Linear
-    calls (more still under a lower row cap), same outputs. A plain torch.compile, dynamic=True and compiled training run them whole."""
+    calls (more still under a lower row cap), same outputs. A plain torch.compile, dynamic=True and
+    compiled training run them whole."""
     monkeypatch.setattr(layers, 'CHUNK_BYTES_COMPILED', 64 * 128 * 4)  # cvt_tiny stage 1: 512 rows, 128 hidden
     model = timm.create_model('cvt_tiny', num_classes=10)
     x = torch.randn(2, 3, 64, 64)
