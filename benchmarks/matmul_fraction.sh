@@ -18,6 +18,7 @@ WAYS=${2:-eager frozen autotune}
 mkdir -p $out
 if [ -n "${OLD:-}" ]; then
     old_pkg=$(mktemp -d)
+    trap 'rm -rf "$old_pkg"' EXIT
     git archive "$OLD" cvtlab | tar -x -C "$old_pkg"
     WAYS="$WAYS old"
 fi

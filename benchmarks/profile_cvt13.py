@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 import cvtlab  # noqa: F401
-from cvtlab.benchmark import matmul_probe
+from cvtlab.benchmark import gmacs, matmul_probe, time_interleaved
 from cvtlab.flops import count_macs
 from cvtlab.deploy import fuse_for_inference
 
@@ -133,20 +133,16 @@ def compiled_profile(args):
     model = compile_for_inference(timm.create_model('cvt_13'))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     probe, probe_gflop = matmul_probe()
-    gflop = 2 * count_macs(fuse_for_inference(timm.create_model('cvt_13')), (3, args.img_size, args.img_size)) / 1e9
+    gflop = 2 * gmacs('cvt_13', (args.img_size, args.img_size))
     with torch.inference_mode():
         start = time.perf_counter()
         model(x)
         print(f'compile + first call: {time.perf_counter() - start:.0f} s')
-        model_s, probe_s = [], []
-        for _ in range(args.repeats):
-            for fn, times in ((lambda: model(x), model_s), (probe, probe_s)):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-        rate = probe_gflop / statistics.median(probe_s)
-        print(f'median of {args.repeats}: {statistics.median(model_s):.3f} s per call, probe {rate:.0f} GFLOP/s, '
-              f'{gflop * args.batch_size / statistics.median(model_s) / rate:.1%} of it')
+        times = time_interleaved({'model': lambda: model(x), 'probe': probe}, warmup=0, repeats=args.repeats,
+                                 device=torch.device('cpu'))
+        model_s, rate = statistics.median(times['model']), probe_gflop / statistics.median(times['probe'])
+        print(f'median of {args.repeats}: {model_s:.3f} s per call, probe {rate:.0f} GFLOP/s, '
+              f'{gflop * args.batch_size / model_s / rate:.1%} of it')
         with profile(record_shapes=True) as prof:
             model(x)
     print(prof.key_averages(group_by_input_shape=True).table(

@@ -19,7 +19,7 @@ import torch
 from torch.profiler import profile
 
 import cvtlab  # noqa: F401  (registers the models)
-from cvtlab.benchmark import matmul_probe
+from cvtlab.benchmark import matmul_probe, time_interleaved
 from cvtlab.deploy import fuse_for_inference
 from cvtlab.flops import count_macs
 from profile_cvt13 import CATEGORIES, categorised_ms
@@ -86,12 +86,8 @@ def parallel_groups(model, group: int, batch_size: int, repeats: int):
         return torch.cat(outs)
 
     print(f'max |diff| two streams vs one: {(one_stream() - two_streams()).abs().max().item():.1e}')
-    times = {'one': [], 'two': []}
-    for _ in range(repeats):
-        for name, fn in (('one', one_stream), ('two', two_streams)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved({'one': one_stream, 'two': two_streams}, warmup=0, repeats=repeats,
+                             device=torch.device('cpu'))
     one, two = (statistics.median(times[k]) for k in ('one', 'two'))
     print(f'batch {batch_size}: one two-threaded stream {batch_size / one:.2f} img/s, two one-threaded streams of '
           f'{group}-image groups {batch_size / two:.2f} img/s: {one / two:.3f}x')
