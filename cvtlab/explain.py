@@ -51,7 +51,7 @@ def cvt_attention_maps(model: nn.Module, image: torch.Tensor) -> Dict[str, torch
     if stage.cls_token is None:
         raise ConfigError('attention maps need a cls token in the last stage')
     grid = {}
-    hook = stage.register_forward_hook(lambda m, i, out: grid.update(hw=out[1:]))
+    hook = stage.register_forward_hook(lambda m, i, out: grid.update(hw=out[0].shape[-2:]))  # (map, cls)
     with record_attention() as records:
         model.eval()(image)
     hook.remove()

@@ -2,16 +2,15 @@
 
 Contents, in the order of the paper: ConvEmbed (Sec. 3.1, convolutional token embedding) ->
 ConvProjection / ConvAttention (Sec. 3.2, convolutional projection with stride-2 keys and values)
--> Block -> Stage -> CvT, then the variant table (Table 2), pretrained cfgs and timm registration.
+-> Mlp -> Block -> Stage -> CvT, then the variant table (Table 2), pretrained cfgs and timm registration.
 
-Exact to the official microsoft/CvT model (`lib/models/cls_cvt.py`) and its released weights; every
-behaviour kept only for that is tagged `parity:` (grep for it).
+Exact to the official microsoft/CvT model and its released weights; every behaviour kept only for that
+is tagged `parity:` (grep for it). No position embedding anywhere (Sec. 3.4).
 
 Differences from the official implementation:
-- the cls-token squeeze keeps the batch dimension, so batch size 1 works (microsoft/CvT#24);
+- the cls-token squeeze keeps the batch dimension, so batch size 1 works;
 - attention runs through `F.scaled_dot_product_attention` (explicit full-dim scale) instead of einsum;
-- the MLP's QuickGELU runs as one SiLU on rescaled fc weights (`QuickGeluMlp`): the same function, with
-  one element-wise pass instead of three;
+- the MLP computes QuickGELU as one SiLU on rescaled fc weights (`QuickGeluMlp`): the same function;
 - stages live in a `stages` ModuleList (`stages.{i}.` keys instead of `stage{i}.`); the converters in
   `cvtlab.convert` map official and HF transformers checkpoints onto it;
 - `forward_features` returns all tokens after the final LayerNorm (the official model normalises the
@@ -20,6 +19,9 @@ Differences from the official implementation:
 Differences from HF transformers' `CvtForImageClassification`: HF uses exact GELU in the MLP where the
 official model (and so the released weights) use QuickGELU; its logits drift by ~0.03 from the official
 ones. HF also indexes drop-path rates by stage and drops the whole residual stream; we do neither.
+
+Fast CPU inference (folded BatchNorm, cache-sized blocks of tokens and samples, frozen compile) is not
+here: `cvtlab.fuse_for_inference(model)` applies it to a copy (`cvtlab/deploy/`).
 """
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
@@ -27,27 +29,25 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import LayerNormFp32, TokenwiseMlpResidual, features_in_sample_groups, map_to_tokens
+from ..layers import LayerNormFp32
 from ._contract import StagedClassifierMixin
 
-__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS']
+__all__ = ['CvT', 'CvTConfig', 'CVT_VARIANTS', 'conv_attention']
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)  # B C H W -> B (H W) C
 
 
 def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """B (H W) C -> B C H W as a channels_last view of the same memory: no copy.
-
-    Convs given channels_last maps return channels_last maps, whose `map_to_tokens` is again a free,
-    contiguous view; so the token <-> map round trips of every block cost no layout copy.
-    """
-    # reshape with sizes read off the tensor (not unflatten): the ONNX tracer then keeps B, H, W symbolic
-    return x.reshape(x.shape[0], H, W, x.shape[2]).permute(0, 3, 1, 2)  # B (H W) C -> B H W C -> B C H W
+    # sizes read off the tensor (not unflatten), so that an ONNX trace keeps B, H, W symbolic
+    return x.reshape(x.shape[0], H, W, x.shape[2]).permute(0, 3, 1, 2)  # B (H W) C -> B C H W
 
 
 class ConvEmbed(nn.Module):
@@ -60,9 +60,9 @@ class ConvEmbed(nn.Module):
         self.norm = LayerNormFp32(dim)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        # channels_last in, channels_last out: the tokens below are then a contiguous view
-        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # B C H W, H and W from the conv itself, so any (non-square) size works
-        H, W = x.shape[-2:]
+        # channels_last: the conv's output is then laid out as tokens, and map_to_tokens is a free view
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # B C H W, any (non-square) size
+        H, W = x.shape[2], x.shape[3]
         return self.norm(map_to_tokens(x)), H, W  # B (H W) C
 
 
@@ -77,33 +77,24 @@ class ConvProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return map_to_tokens(self.bn(self.conv(x)))  # B C H W -> B (H' W') C
 
-    @torch.no_grad()
-    def fuse(self) -> 'ConvProjection':
-        """Fold the BatchNorm into the conv (eval only): conv(x) * s + t as one conv with a bias.
 
-        Mutates and returns self; timm's `reparameterize_model` calls it. The state_dict then has
-        `conv.bias` and no `bn.*` keys: save weights before fusing.
-        """
-        if isinstance(self.bn, nn.BatchNorm2d):
-            self.conv = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
-            self.bn = nn.Identity()
-        return self
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # B N (h D) -> B h N D
 
 
 def conv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float,
                    dropout_p: float = 0.0) -> torch.Tensor:
-    """Multi-head attention on token sequences of different lengths (queries N, keys/values N')."""
-    # B N (h d) -> B h N d
-    q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+    """Multi-head attention of N queries over N' keys and values (N' ~ N / 4 with stride-2 keys): B N C."""
+    q, k, v = split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-    return x.transpose(1, 2).flatten(2)  # B h N d -> B N (h d)
+    return x.transpose(1, 2).flatten(2)  # B h N D -> B N (h D)
 
 
 class ConvAttention(nn.Module):
     """Self-attention with convolutional projection of q, k, v (Sec. 3.2, Fig. 3b).
 
     Each of q, k, v gets its own depth-wise conv + BN (the map only) followed by its own Linear (all
-    tokens): together the paper's depth-wise separable projection (this answers microsoft/CvT#9).
+    tokens): together the paper's depth-wise separable projection.
     """
 
     def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int = 0, qkv_bias: bool = True,
@@ -126,59 +117,44 @@ class ConvAttention(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         n = self.num_prefix_tokens
         # parity: the cls token bypasses the depth-wise conv and BN, but not the Linear projections
-        prefix, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
-        if n:  # behind the cls token the map is a strided view, which each of the three convs would copy
-            fmap = fmap.contiguous(memory_format=torch.channels_last)
-        q = self.proj_q(self._with_prefix(prefix, self.conv_proj_q(fmap)))  # B n+HW C
-        k = self.proj_k(self._with_prefix(prefix, self.conv_proj_k(fmap)))  # B n+H'W' C
-        v = self.proj_v(self._with_prefix(prefix, self.conv_proj_v(fmap)))
+        cls_tokens, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
+        q = self.proj_q(self.with_cls(cls_tokens, self.conv_proj_q(fmap)))  # B n+HW C
+        k = self.proj_k(self.with_cls(cls_tokens, self.conv_proj_k(fmap)))  # B n+H'W' C, H' = ceil(H / 2)
+        v = self.proj_v(self.with_cls(cls_tokens, self.conv_proj_v(fmap)))  # B n+H'W' C
         x = conv_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x))
 
-    def _with_prefix(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        # a static branch (a module attribute, not a shape): stages without a cls token skip the copy of cat
-        return torch.cat([prefix, tokens], dim=1) if self.num_prefix_tokens else tokens
+    def with_cls(self, cls_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # stages without a cls token skip the concatenation and its copy
+        return torch.cat([cls_tokens, tokens], dim=1) if self.num_prefix_tokens > 0 else tokens
+
+
+QUICK_GELU_SCALE = 1.702  # QuickGELU(z) = z sigmoid(1.702 z)
 
 
 class QuickGeluMlp(nn.Module):
-    """fc1 -> QuickGELU -> fc2 (parity: QuickGELU, z sigmoid(1.702 z); HF uses exact GELU), as one SiLU.
+    """fc1 -> QuickGELU -> fc2 (parity: QuickGELU z sigmoid(1.702 z), as the released weights; HF uses GELU).
 
-    QuickGELU(z) = SiLU(1.702 z) / 1.702, so fc2(QuickGELU(fc1 x)) = (W2 / 1.702) SiLU(1.702 (W1 x + b1)) + b2.
-    Scaling the weights (C x 4C) instead of the activations (B x N x 4C) turns three element-wise passes
-    over the block's largest tensor, and their backward, into one SiLU, and keeps two fewer of those tensors
-    for backward (CvT-13 training step 1.27x faster at 224, batch 32; BENCHMARKS.md).
-    `fuse()` bakes the scales into the weights for inference. Keys as timm's `Mlp`: `fc1.*`, `fc2.*`.
+    QuickGELU(z) = SiLU(1.702 z) / 1.702, so fc2(QuickGELU(fc1 x)) = (W2 / 1.702) SiLU(1.702 (W1 x + b1)) + b2:
+    the constants scale the weights (C x 4C), not the activations (B x N x 4C), and the activation is one
+    SiLU pass forward and backward. Why: training time (BENCHMARKS.md). Keys as timm's `Mlp`.
     """
-    alpha = 1.702
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
+        self.act_scale = QUICK_GELU_SCALE
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop2 = nn.Dropout(drop)
-        self.prescaled = False  # True after fuse(): the weights hold the scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prescaled:
-            return self.drop2(self.fc2(self.drop1(F.silu(self.fc1(x)))))
-        a = self.alpha
-        h = F.silu(F.linear(x, self.fc1.weight * a, self.fc1.bias * a))  # B N 4C, = 1.702 QuickGELU(fc1 x)
-        return self.drop2(F.linear(self.drop1(h), self.fc2.weight / a, self.fc2.bias))  # B N C
-
-    @torch.no_grad()
-    def fuse(self) -> 'QuickGeluMlp':
-        """Inference reparameterisation (mutates and returns self; idempotent): the scales move into
-        the weights. The state_dict then holds scaled fc weights: save weights before fusing."""
-        if not self.prescaled:
-            self.fc1.weight.mul_(self.alpha)
-            self.fc1.bias.mul_(self.alpha)
-            self.fc2.weight.div_(self.alpha)
-            self.prescaled = True
-        return self
+        a = self.act_scale
+        x = F.silu(F.linear(x, self.fc1.weight * a, self.fc1.bias * a))  # B N 4C, = 1.702 QuickGELU(fc1 x)
+        return self.drop2(F.linear(self.drop1(x), self.fc2.weight / a, self.fc2.bias))  # B N C
 
 
-class Block(TokenwiseMlpResidual, nn.Module):
+class Block(nn.Module):
     """Pre-norm transformer block with convolutional attention (Fig. 2b)."""
 
     def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, mlp_ratio: float, qkv_bias: bool,
@@ -193,13 +169,14 @@ class Block(TokenwiseMlpResidual, nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), H, W))
-        return self.mlp_residual(x)  # x + drop_path(mlp(norm2(x))), over blocks of tokens on CPU
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
 
 
 class Stage(nn.Module):
     """One of CvT's three stages: conv token embedding, optional cls token, then `depth` blocks."""
 
-    def __init__(self, in_chans: int, dim: int, depth: int, num_heads: int, patch_size: int, patch_stride: int,
+    def __init__(self, in_chans: int, dim: int, num_heads: int, patch_size: int, patch_stride: int,
                  patch_padding: int, cls_token: bool, mlp_ratio: float, qkv_bias: bool, drop: float,
                  attn_drop: float, drop_path_rates: Sequence[float], kv_stride: int):
         super().__init__()
@@ -207,24 +184,26 @@ class Stage(nn.Module):
         self.grad_checkpointing = False
         self.patch_embed = ConvEmbed(in_chans, dim, patch_size, patch_stride, patch_padding)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
-        self.pos_drop = nn.Dropout(drop)  # no position embedding anywhere (Sec. 3.4); dropout kept for parity
+        self.pos_drop = nn.Dropout(drop)  # parity: dropout where ViT adds its position embedding
         self.blocks = nn.ModuleList([
             Block(dim, num_heads, self.num_prefix_tokens, mlp_ratio, qkv_bias, drop, attn_drop, dpr, kv_stride)
             for dpr in drop_path_rates
         ])
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        """B C H W -> tokens B n+(H' W') C (cls first when present) and the new map size H', W'."""
-        x, H, W = self.patch_embed(x)
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """B C_in H_in W_in map -> (B C H W map, B n C cls tokens; n = 0 in stages without one)."""
+        x, H, W = self.patch_embed(x)  # B (H W) C
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B 1+HW C
         x = self.pos_drop(x)
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, H, W, use_reentrant=False)
             else:
                 x = block(x, H, W)
-        return x, H, W
+        n = self.num_prefix_tokens
+        cls_tokens = x[:, :n]
+        return tokens_to_map(x[:, n:], H, W), cls_tokens  # the map last: FX feature extraction takes it
 
 
 class CvT(StagedClassifierMixin, nn.Module):
@@ -292,7 +271,7 @@ class CvT(StagedClassifierMixin, nn.Module):
             # parity: drop-path rates rise from 0 within each stage (one linspace per stage)
             dpr = torch.linspace(0, drop_path_rate[i], depths[i], device='cpu').tolist()
             stages.append(Stage(
-                in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], depths[i], num_heads[i],
+                in_chans if i == 0 else embed_dims[i - 1], embed_dims[i], num_heads[i],
                 patch_sizes[i], patch_strides[i], patch_paddings[i], cls_token[i], mlp_ratio, qkv_bias,
                 drop_rate, attn_drop_rate, dpr, kv_stride))
             reduction *= patch_strides[i]
@@ -328,22 +307,15 @@ class CvT(StagedClassifierMixin, nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B C H W image -> B n+N C tokens of the last stage after the final LayerNorm (cls first)."""
-        if self.training:  # BatchNorm's statistics span the whole batch
-            return self._features(x)
-        # CPU inference: groups of samples whose maps stay in cache (at 224 px: 8 images per group)
-        return features_in_sample_groups(self._features, x, self.stages[0].patch_embed.proj)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
-            tokens, H, W = stage(x)
-            x = tokens_to_map(tokens[:, stage.num_prefix_tokens:], H, W)  # the cls token never crosses stages
-        return self.norm(tokens)
+            x, cls_tokens = stage(x)  # B C_i H_i W_i, B n C: the cls token never crosses stages
+        return self.norm(torch.cat([cls_tokens, map_to_tokens(x)], dim=1))  # B n+HW C
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'token':
             x = x[:, 0]
         elif self.global_pool == 'avg':
-            x = x[:, self.stages[-1].num_prefix_tokens:].mean(dim=1)
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -391,15 +363,15 @@ class CvT(StagedClassifierMixin, nn.Module):
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
         for i, stage in enumerate(stages):
-            tokens, H, W = stage(x)
-            n = stage.num_prefix_tokens
-            x = tokens_to_map(tokens[:, n:], H, W)
+            x, cls_tokens = stage(x)  # B C H W, B n C
             if i in take_indices:
-                feat = tokens_to_map(self.norm(tokens)[:, n:], H, W) if (norm and i == last) else x
+                feat = x
+                if norm and i == last:  # LayerNorm acts per token: on the map's channels
+                    feat = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
                 intermediates.append(feat.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feat)
         if intermediates_only:
             return intermediates
-        return self.norm(tokens), intermediates
+        return self.norm(torch.cat([cls_tokens, map_to_tokens(x)], dim=1)), intermediates
 
 
 # --- variants (Table 2 and the official experiments/imagenet/cvt/*.yaml) ---------------------------------
@@ -499,28 +471,3 @@ def cvt_tiny(pretrained: bool = False, **kwargs) -> CvT:
 def cvt_w24(pretrained: bool = False, **kwargs) -> CvT:
     """CvT-W24 (wide): 277.2M params, 60.9 GMACs at 224."""
     return _create_cvt('cvt_w24', pretrained, **kwargs)
-
-
-def cvt_args_from_state_dict(state_dict: dict, num_heads: Optional[Sequence[int]] = None) -> Tuple[str, dict]:
-    """Architecture of a cvtlab-layout CvT state_dict: (registered variant to build on, its overrides).
-
-    Widths, depths, cls tokens and classes are read from the tensors. Heads cannot be: they come from
-    `num_heads`, else the matching official variant, else the official head width of 64.
-    """
-    import re
-    stage_ids = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r'stages\.(\d+)\.patch_embed', k))})
-    embed_dims = tuple(state_dict[f'stages.{i}.patch_embed.proj.weight'].shape[0] for i in stage_ids)
-    depths = tuple(
-        len({m.group(1) for k in state_dict if (m := re.match(rf'stages\.{i}\.blocks\.(\d+)\.', k))})
-        for i in stage_ids)
-    args = dict(embed_dims=embed_dims, depths=depths,
-                cls_token=tuple(f'stages.{i}.cls_token' in state_dict for i in stage_ids),
-                num_classes=state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0)
-    base = next((n for n, v in CVT_VARIANTS.items() if (v.embed_dims, v.depths) == (embed_dims, depths)), None)
-    if num_heads is not None:
-        args['num_heads'] = tuple(num_heads)
-    elif base is not None:
-        args['num_heads'] = CVT_VARIANTS[base].num_heads
-    else:
-        args['num_heads'] = tuple(max(1, d // 64) for d in embed_dims)
-    return base or 'cvt_13', args

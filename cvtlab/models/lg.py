@@ -1,8 +1,8 @@
 """LG-Transformer: Local-to-Global Self-Attention in Vision Transformers (Li et al., 2021, arXiv 2107.04735).
 
 **This is a clean-room reconstruction; no official code exists** (the authors' repository is empty)
-and the paper's full text was not available to us. The block follows hypothesis H1 of
-`spec/lg_transformer.md`: a Swin skeleton whose window attention is replaced by several paths of
+and the paper's full text was not available to us. The block follows the design note
+`docs/lg_transformer.md`: a Swin skeleton whose window attention is replaced by several paths of
 window attention at progressively coarser granularity, upsampled back and summed. Until someone
 checks it against the PDF, do not describe it as "the paper's model".
 
@@ -11,29 +11,29 @@ Contents, top-down: PatchEmbed -> local-to-global attention (`window_attention`,
 `AttentionPath`, one granularity; `LocalToGlobalAttention`, the fusion) -> Block -> PatchMerging ->
 Stage -> LGTransformer, then the variant table, pretrained cfgs and timm registration.
 
-Provenance of the design ([D] derived by arithmetic in the spec, [C] our choice where nothing
+Provenance of the design ([D] derived by arithmetic in the design note, [C] our choice where nothing
 readable from the paper decides it; the Swin skeleton itself is [R] recalled):
-- [D] per-path qkv / proj, summed (H1): the only layout among those tried whose budget reproduces the
-  recalled LG-T size (32.6M params, 4.85 GMACs at 224);
+- [D] per-path qkv / proj, summed: the only layout among those tried whose budget reproduces the
+  published LG-T size (32.6M params, 4.8 GFLOPs at 224);
 - [C] downsampling by average pooling (kernel = stride = rate, `ceil_mode`: edge cells average only
   real tokens); upsampling bilinear, align_corners=False, to `rate` x the coarse map, then cropped;
 - [C] every path has its own relative position bias table, qkv bias and proj bias (< 0.1M params);
 - [C] shifts: a path shifts its windows by M // 2 in odd blocks unless its map fits in one window at
-  the design resolution `img_size` (Swin's rule, applied per path). At 224 this gives the spec's
+  the design resolution `img_size` (Swin's rule, applied per path). At 224 this gives the design note's
   layout: local and intermediate paths alternate, the coarsest path and stage 4 never shift;
 - [C] windows that run past the map are padded and the padding is masked out of attention (Swin
   attends to its zero padding; at sizes that need no padding the two are identical);
 - [C] stochastic depth rises linearly over all blocks (Swin); one dropout after the fused output;
-- [C] `global_path='adaptive_pool'` (spec Sec. 3.1): the coarsest pooled path pools by
+- [C] `global_path='adaptive_pool'`: the coarsest pooled path pools by
   ceil(side / M) instead of its fixed rate, so its map always fits one window (global at any input
   size, same weights, identical to the fixed rate at 224). We pool by a computed rate rather than
   `AdaptiveAvgPool2d(M)` so that maps smaller than M are not duplicated into M x M;
 - [C] `lg_nano` (32 px images) is ours, not the paper's.
 
 Attention runs through `F.scaled_dot_product_attention` with windows and heads folded into one
-dimension (4-D inputs, exportable). The one branch on a shape: maps that already fit whole windows are
-not padded, except under ONNX tracing, which always pads (by 0 if need be) so the exported graph takes
-any size; every path always crops.
+dimension (4-D inputs, exportable). No branch depends on a shape: every map is padded to whole windows
+(by 0 when it fits) and cropped back, so one traced or exported graph serves every input size.
+Fast CPU inference (token blocks, sample groups, compile) is `cvtlab.fuse_for_inference` (`cvtlab/deploy/`).
 """
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple, Union
@@ -47,7 +47,6 @@ from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import TokenwiseMlpResidual, features_in_sample_groups, samplewise_chunked
 from ._contract import StagedClassifierMixin
 
 __all__ = ['LGTransformer', 'LGConfig', 'LG_VARIANTS', 'window_attention']
@@ -72,7 +71,7 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # B C H/p W/p -> B H/p W/p C
 
 
-# --- local-to-global attention (spec Sec. 3, H1) --------------------------------------------------------
+# --- local-to-global attention (docs/lg_transformer.md) --------------------------------------------------------
 def relative_position_index(window_size: int) -> torch.Tensor:
     """N x N indices into a (2M-1)^2 bias table, N = M^2: (dy + M-1) * (2M-1) + (dx + M-1), query minus key."""
     M = window_size
@@ -119,17 +118,15 @@ def window_attention(qkv: torch.Tensor, num_heads: int, window_size: int, shift:
 def to_window_frame(x: torch.Tensor, window_size: int, shift: int) -> torch.Tensor:
     """B H W C -> B Hp Wp C: padded to multiples of M, then rolled by -shift (the shifted windows' frame)."""
     M = window_size
-    pad_h, pad_w = (-x.shape[1]) % M, (-x.shape[2]) % M
-    if pad_h or pad_w or torch.jit.is_tracing():  # traced graphs always pad: the sizes must stay symbolic
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    if shift:  # a static setting of the path, not a shape
+    x = F.pad(x, (0, 0, 0, (-x.shape[2]) % M, 0, (-x.shape[1]) % M))  # always (by 0 if it fits): no shape branch
+    if shift > 0:  # a static setting of the path, not a shape
         x = torch.roll(x, (-shift, -shift), dims=(1, 2))
     return x
 
 
 def from_window_frame(x: torch.Tensor, H: int, W: int, shift: int) -> torch.Tensor:
     """The inverse of `to_window_frame`: B Hp Wp C -> B H W C (rolled back, padding cropped)."""
-    if shift:
+    if shift > 0:
         x = torch.roll(x, (shift, shift), dims=(1, 2))
     return x[:, :H, :W]  # always cropped (a view)
 
@@ -141,24 +138,24 @@ def attend_in_windows(qkv: torch.Tensor, H: int, W: int, num_heads: int, window_
     H, W are the real sizes before padding, for the mask. Windows and heads share one dimension, so SDPA
     sees 4-D tensors and the per-image mask (bias + window labels) broadcasts over the batch without a copy.
     """
-    B, Hp, Wp, C3 = qkv.shape
     M, h = window_size, num_heads
-    D = C3 // (3 * h)
+    # sizes read off the tensor (not unflatten): an ONNX trace then keeps them symbolic
+    B, Hp, Wp = qkv.shape[0], qkv.shape[1], qkv.shape[2]
     nh, nw = Hp // M, Wp // M
-    # B (nh M) (nw M) (3 h D) -> 3 B (nh nw h) (M M) D
-    qkv = qkv.view(B, nh, M, nw, M, 3, h, D).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, nh * nw * h, M * M, D)
+    # B (nh M) (nw M) (3 h D) -> B nh M nw M 3 h D -> 3 B nh nw h M M D -> 3 B (nh nw h) (M M) D
+    qkv = qkv.reshape(B, nh, M, nw, M, 3, h, -1).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, nh * nw * h, M * M, -1)
     q, k, v = qkv.unbind(0)
 
     allowed = window_attention_mask(H, W, Hp, Wp, M, shift, qkv.device)  # nW N N
     mask = rel_pos_bias.to(q.dtype).unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float('-inf'))  # nW h N N
     # 1 (nW h) N N: a 4-D mask (a 3-D one sends SDPA's CPU dispatch to the slow math kernel)
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.flatten(0, 1).unsqueeze(0), dropout_p=dropout_p)
-    # B (nh nw h) (M M) D -> B (nh M) (nw M) (h D)
-    return x.view(B, nh, nw, h, M, M, D).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, h * D)
+    # B (nh nw h) (M M) D -> B nh nw h M M D -> B nh M nw M h D -> B (nh M) (nw M) (h D)
+    return x.reshape(B, nh, nw, h, M, M, -1).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, -1)
 
 
 class AttentionPath(nn.Module):
-    """One granularity (spec Sec. 3, steps 1-4): average-pool by `rate`, window MSA with this path's own
+    """One granularity: average-pool by `rate`, window MSA with this path's own
     qkv, proj and relative position bias, bilinear upsampling back to the input map.
 
     rate 1 is the local path (plain Swin window attention). `adaptive=True` replaces the fixed rate by
@@ -185,7 +182,7 @@ class AttentionPath(nn.Module):
         return f'rate={rate}, window_size={self.window_size}, shift={self.shift}, num_heads={self.num_heads}'
 
     def rel_pos_bias(self) -> torch.Tensor:
-        N = self.window_size ** 2
+        N = self.window_size * self.window_size
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N N) h
         return bias.view(N, N, -1).permute(2, 0, 1)  # h N N
 
@@ -216,7 +213,7 @@ class AttentionPath(nn.Module):
 
 
 class LocalToGlobalAttention(nn.Module):
-    """Multi-path local-to-global self-attention (spec Sec. 3, H1): out = sum over rates r of path_r(x).
+    """Multi-path local-to-global self-attention: out = sum over rates r of path_r(x).
 
     Path 0 (r = 1) is local (windows at full resolution); paths with r > 1 attend among pooled tokens
     and see a (M r) x (M r) region each, the coarsest one the whole map at the training resolution.
@@ -235,19 +232,17 @@ class LocalToGlobalAttention(nn.Module):
         self.use_global_paths = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B H W C -> B H W C. Samples are independent: CPU inference runs them in groups whose local-path
-        qkv map (the widest tensor, H W 3C per sample) stays small (`samplewise_chunked`)."""
-        return self.proj_drop(samplewise_chunked(self._sum_of_paths, x, 3 * x[0].numel() * x.element_size()))
-
-    def _sum_of_paths(self, x: torch.Tensor) -> torch.Tensor:
-        paths = self.paths if self.use_global_paths else self.paths[:1]
-        out = paths[0](x)
-        for path in paths[1:]:
-            out = out + path(x)  # fuse by sum (H1): concat + Linear would cost ~0.4 GMACs more (spec Sec. 4)
-        return out
+        """B H W C -> B H W C."""
+        out = x  # (typed for TorchScript) replaced by path 0, the local windows at full resolution
+        for i, path in enumerate(self.paths):
+            if i == 0:
+                out = path(x)
+            elif self.use_global_paths:
+                out = out + path(x)  # fused by sum: concat + Linear would cost ~0.4 GMACs more at 224
+        return self.proj_drop(out)
 
 
-class Block(TokenwiseMlpResidual, nn.Module):
+class Block(nn.Module):
     """Pre-norm transformer block with local-to-global attention (Swin block, attention replaced)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, rates: Sequence[int], shifts: Sequence[int],
@@ -263,7 +258,8 @@ class Block(TokenwiseMlpResidual, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B H W C
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return self.mlp_residual(x)  # x + drop_path(mlp(norm2(x))), over blocks of tokens on CPU
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
 
 
 class PatchMerging(nn.Module):
@@ -275,12 +271,11 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))  # B H W C -> even H, W (always padded, by 0 if even)
-        H2, W2 = x.shape[1] // 2, x.shape[2] // 2
+        x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))  # B H W C -> even H, W (by 0 if even)
+        B, H2, W2, C = x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
         # B (H2 2) (W2 2) C -> B H2 W2 (2 2 C), concat order (row, col) offsets (0,0), (1,0), (0,1), (1,1)
         # as Swin's x0..x3, so Swin weights would map one to one
-        x = x.reshape(B, H2, 2, W2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        x = x.reshape(B, H2, 2, W2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H2, W2, 4 * C)
         return self.reduction(self.norm(x))
 
 
@@ -315,7 +310,7 @@ class Stage(nn.Module):
         """B H W C_in -> B H' W' C (H' = ceil(H / 2) after merging)."""
         x = self.downsample(x)
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
@@ -419,12 +414,6 @@ class LGTransformer(StagedClassifierMixin, nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B C H W image -> B H/32 W/32 C map (NHWC, for patch 4) after the final LayerNorm."""
-        if self.training:  # as CvT: a train-mode batch stays whole
-            return self._features(x)
-        # CPU inference: groups of samples whose maps stay in cache (at 224 px: 6 images per group)
-        return features_in_sample_groups(self._features, x, self.patch_embed.proj)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
@@ -493,7 +482,7 @@ class LGTransformer(StagedClassifierMixin, nn.Module):
         return self.norm(x), intermediates
 
 
-# --- variants (spec Sec. 1, 2 and 4) --------------------------------------------------------------------
+# --- variants (docs/lg_transformer.md) --------------------------------------------------------------------
 @dataclass(frozen=True)
 class LGConfig:
     embed_dims: Tuple[int, ...]
@@ -521,28 +510,31 @@ LG_VARIANTS = {
                         drop_path_rate=0.05),
 }
 
-# No paper numbers are verified. These are [D]: derived in spec Sec. 4 from timm's exact Swin counts plus the
-# H1 extra paths (4C^2 params and n_r (4C^2 + 2 M^2 C) MACs per path), not read from the paper.
+# LG-T as published in a later paper's comparison (DHVT, arXiv 2210.05958, Table 15: 32.6M params, 4.8 GFLOPs,
+# i.e. multiply-adds, 82.1% ImageNet-1k top-1). LG-S is [D]: derived in docs/lg_transformer.md from timm's exact
+# Swin-S counts plus the extra paths (4C^2 params and n_r (4C^2 + 2 M^2 C) MACs per path), not read from a paper.
 PAPER_NUMBERS = {
-    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.85}, source='derived'),
+    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.8}, top1=82.1, source='paper'),
     'lg_small': dict(params_m=61.0, gmacs={224: 9.47}, source='derived'),
 }
 
 
-def _cfg(res: int = 224, **kwargs) -> dict:
+def _cfg(res: int = 224, reduction: int = 32, **kwargs) -> dict:
     return dict(
         hf_hub_id=None,  # no weights exist anywhere
-        num_classes=1000, input_size=(3, res, res), pool_size=None, interpolation='bicubic',
+        # forward_features returns a B H W C map (model.output_fmt = 'NHWC', as timm's Swin) of pool_size
+        num_classes=1000, input_size=(3, res, res), pool_size=(res // reduction, res // reduction),
+        interpolation='bicubic',
         crop_pct=0.875, crop_mode='center', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv='patch_embed.proj', classifier='head',
         paper_name='Local-to-Global Self-Attention in Vision Transformers', paper_ids='arXiv:2107.04735',
-        notes=('clean-room reconstruction (spec hypothesis H1), no official code; no weights',), **kwargs)
+        notes=('clean-room reconstruction (docs/lg_transformer.md), no official code; no weights',), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
     'lg_tiny': _cfg(),
     'lg_small': _cfg(),
-    'lg_nano': {**_cfg(res=32), 'crop_pct': 1.0, 'paper_name': None, 'notes': ('cvtlab variant, not in the paper',)},
+    'lg_nano': {**_cfg(res=32, reduction=16), 'crop_pct': 1.0, 'paper_name': None, 'notes': ('cvtlab variant, not in the paper',)},
 })
 
 

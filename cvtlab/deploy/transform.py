@@ -1,0 +1,146 @@
+"""`fuse_for_inference`: an eval-only copy of a model, rebuilt from module swaps for fast inference.
+
+The model files (`cvtlab/models/`) read like the papers; everything here changes how the same function
+is computed, never what it computes (outputs equal the original eval model's within 1e-5):
+- BatchNorm after a conv (CvT's q/k/v projections) folded into the conv's weights and bias;
+- CvT's QuickGELU MLP as timm's `Mlp` with SiLU on pre-scaled weights (one element-wise pass);
+- every transformer block's MLP residual, x + mlp(norm2(x)), over cache-sized blocks of tokens, and an
+  LG block's attention over groups of samples (`blocks.py`);
+- the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`).
+Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
+"""
+import copy
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from timm.layers import Mlp
+
+from ..models import cvt, lg
+from . import blocks
+from .blocks import rowwise_chunked, samplewise_chunked
+
+__all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
+
+
+class InferenceBlock(nn.Module):
+    """A pre-norm transformer block (CvT's or LG's `Block`) in eval mode: the same two residuals, with the
+    MLP residual over blocks of tokens and, with `group_attention`, the attention over groups of samples.
+
+    `compiled_blocks` is set by `compile_for_inference` when it compiles with static shapes: the token
+    blocks then unroll into the compiled graph.
+    """
+
+    def __init__(self, block: nn.Module, group_attention: bool):
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
+        self.group_attention = group_attention
+        self.compiled_blocks = False
+
+    def forward(self, x: torch.Tensor, *size: int) -> torch.Tensor:
+        if self.group_attention:  # the widest tensor is the qkv map: 3x the sample's own bytes
+            per_sample = 3 * x[0].numel() * x.element_size()
+            x = x + samplewise_chunked(lambda t: self.attn(self.norm1(t), *size), x, per_sample)
+        else:
+            x = x + self.attn(self.norm1(x), *size)
+        return rowwise_chunked(self._mlp_residual, x, self.mlp.fc1.out_features, self.compiled_blocks)
+
+    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm2(x))
+
+
+class SampleGroups(nn.Module):
+    """`model` (eval only) run over groups of samples whose first-stage map (the output of the stem conv
+    of one image) fits `CHUNK_BYTES_FEATURES`: every stage's maps of a few images stay in cache where a
+    whole batch's would not. Attributes not found here are looked up on `model`."""
+
+    def __init__(self, model: nn.Module, stem: nn.Conv2d):
+        super().__init__()
+        self.model = model
+        self.stem_stride, self.stem_channels = stem.stride, stem.out_channels  # not the module: no second registration
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return samplewise_chunked(self.model, x, self._first_map_bytes(x), blocks.CHUNK_BYTES_FEATURES)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return samplewise_chunked(self.model.forward_features, x, self._first_map_bytes(x),
+                                  blocks.CHUNK_BYTES_FEATURES)
+
+    def _first_map_bytes(self, x: torch.Tensor) -> int:
+        (sh, sw), (H, W) = self.stem_stride, x.shape[-2:]
+        return (H // sh) * (W // sw) * self.stem_channels * x.element_size()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == 'model':
+                raise
+            return getattr(self.model, name)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Every `conv -> bn` pair held as `.conv` / `.bn` (CvT's `ConvProjection`) as one conv with a bias."""
+    for m in module.modules():
+        if isinstance(getattr(m, 'conv', None), nn.Conv2d) and isinstance(getattr(m, 'bn', None), nn.BatchNorm2d):
+            m.conv = fuse_conv_bn_eval(m.conv.eval(), m.bn.eval())
+            m.bn = nn.Identity()
+    return module
+
+
+@torch.no_grad()
+def silu_mlp(mlp: cvt.QuickGeluMlp) -> Mlp:
+    """fc2(QuickGELU(fc1 x)) = (W2 / a) SiLU(a W1 x + a b1) + b2 with a = 1.702, the scales in the weights."""
+    a = mlp.act_scale
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    fast = Mlp(fc1.in_features, fc1.out_features, fc2.out_features, act_layer=nn.SiLU,
+               device=fc1.weight.device, dtype=fc1.weight.dtype)
+    fast.fc1.weight.copy_(fc1.weight * a)
+    fast.fc1.bias.copy_(fc1.bias * a)
+    fast.fc2.weight.copy_(fc2.weight / a)
+    fast.fc2.bias.copy_(fc2.bias)
+    return fast.eval()
+
+
+def _swap_blocks(model: nn.Module) -> int:
+    """Replace CvT / LG blocks by `InferenceBlock`s in place; returns how many."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, cvt.Block):
+                child.mlp = silu_mlp(child.mlp)
+                setattr(parent, name, InferenceBlock(child, group_attention=False))
+            elif isinstance(child, lg.Block):
+                setattr(parent, name, InferenceBlock(child, group_attention=True))
+            else:
+                continue
+            swapped += 1
+    return swapped
+
+
+def _stem(model: nn.Module) -> Optional[nn.Conv2d]:
+    """The conv that makes the first-stage map: the cfg's `first_conv`, else the first Conv2d registered."""
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    if first_conv:
+        try:
+            stem = model.get_submodule(first_conv)
+            return stem if isinstance(stem, nn.Conv2d) else None
+        except AttributeError:
+            pass
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """An eval-only copy of `model` (or `model` itself, rebuilt, with `inplace`) computing the same outputs
+    faster (within 1e-5; module docstring). Works for any timm model: cvtlab's families get the swaps above,
+    others timm's own `reparameterize_model`. Do not train the result: BatchNorm statistics are baked in.
+    """
+    from timm.utils.model import reparameterize_model
+    model = (model if inplace else copy.deepcopy(model)).eval()
+    fold_batchnorm(model)
+    reparameterize_model(model, inplace=True)  # other timm families' own `fuse()` / `reparameterize()`
+    if not _swap_blocks(model):
+        return model
+    stem = _stem(model)
+    return SampleGroups(model, stem).eval() if stem is not None else model

@@ -1,0 +1,206 @@
+"""The inference transform (cvtlab.deploy): equal outputs, the fast paths really taken, models left textbook."""
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import cvtlab
+from cvtlab.deploy import blocks, fuse_for_inference
+from cvtlab.deploy.transform import InferenceBlock, SampleGroups
+from contract import random_bn
+
+# small configs of every registered family member: (name, overrides, input size)
+SMALL = [
+    ('cvt_13', dict(embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3)), 64),
+    ('cvt_21', dict(embed_dims=(16, 32, 48), depths=(1, 2, 2), num_heads=(1, 2, 3)), 64),
+    ('cvt_w24', dict(embed_dims=(24, 48, 64), depths=(1, 1, 2), num_heads=(1, 2, 4)), 64),
+    ('cvt_tiny', {}, 48),
+    ('lg_tiny', dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4)), 72),
+    ('lg_small', dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 3, 1), num_heads=(1, 2, 3, 4)), 64),
+    ('lg_nano', {}, 40),
+]
+
+
+def small_model(name, overrides, **kwargs):
+    return random_bn(timm.create_model(name, num_classes=7, **overrides, **kwargs))
+
+
+def test_every_registered_model_is_covered():
+    assert sorted(n for n, _, _ in SMALL) == cvtlab.list_models()
+
+
+@pytest.mark.parametrize('name,overrides,size', SMALL, ids=[s[0] for s in SMALL])
+def test_fused_equals_the_model_and_leaves_it_alone(name, overrides, size):
+    model = small_model(name, overrides).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert isinstance(fused, SampleGroups) and not fused.training
+    kinds = {type(m).__name__ for m in fused.modules()}
+    assert 'BatchNorm2d' not in kinds and 'QuickGeluMlp' not in kinds and 'Block' not in kinds
+    assert sum(isinstance(m, InferenceBlock) for m in fused.modules()) == sum(
+        type(m).__name__ == 'Block' for m in model.modules())
+    # the timm API still answers through the transform
+    assert fused.num_classes == 7 and fused.pretrained_cfg == model.pretrained_cfg
+    x = torch.randn(3, 3, size, size + 8)  # non-square
+    with torch.no_grad():
+        ref = model.eval()(x)
+        torch.testing.assert_close(fused(x), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fused.forward_head(fused.forward_features(x)), ref, rtol=0, atol=1e-5)
+
+
+@pytest.fixture
+def tiny_budgets(monkeypatch):
+    """Budgets small enough that test-sized inputs run in several token blocks and sample groups."""
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_INFERENCE', 64 * 64 * 4)
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_SAMPLES', 1)  # attention one sample at a time
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_FEATURES', 1)  # whole networks one sample at a time
+
+
+@pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
+def test_fast_paths_are_taken_and_change_nothing(name, tiny_budgets, monkeypatch):
+    model = small_model(name, {}).eval()
+    fused = fuse_for_inference(model)
+    calls = {'rows': 0, 'samples': []}
+    rowwise, samplewise = blocks.rowwise_chunked, blocks.samplewise_chunked
+
+    def count_rows(fn, x, width, *args):
+        def counted(t):
+            calls['rows'] += 1
+            return fn(t)
+        return rowwise(counted, x, width, *args)
+
+    def count_samples(fn, x, *args):
+        def counted(t):
+            calls['samples'].append(t.shape[0])
+            return fn(t)
+        return samplewise(counted, x, *args)
+    import cvtlab.deploy.transform as transform
+    monkeypatch.setattr(transform, 'rowwise_chunked', count_rows)
+    monkeypatch.setattr(transform, 'samplewise_chunked', count_samples)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        got = fused(x)
+    n_blocks = sum(isinstance(m, InferenceBlock) for m in fused.modules())
+    assert calls['rows'] > 3 * n_blocks, 'no MLP residual ran in token blocks'
+    assert set(calls['samples']) == {1} and len(calls['samples']) >= 3, 'no sample groups'
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_rowwise_chunked_equals_one_call_and_stays_whole_when_it_must(monkeypatch):
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_INFERENCE', 64 * 32 * 4)  # 64 rows of 32 hidden values
+    mlp = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+    sizes = []
+
+    def fn(t):
+        sizes.append(int(t.shape[0]))
+        return t + mlp(t)
+
+    class Chunked(nn.Module):  # a module, so that tracing sees the MLP's weights as parameters
+        def __init__(self):
+            super().__init__()
+            self.mlp = mlp
+
+        def forward(self, t):
+            return blocks.rowwise_chunked(fn, t, 32)
+    x = torch.randn(3, 100, 8)  # 300 rows: blocks of 64, the last one short
+    with torch.no_grad():
+        whole = x + mlp(x)
+        got = blocks.rowwise_chunked(fn, x, 32)
+        assert sizes == [64, 64, 64, 64, 44]
+        torch.testing.assert_close(got, whole, rtol=0, atol=1e-6)
+        sizes.clear()
+        blocks.rowwise_chunked(fn, torch.randn(1, 100, 8), 32)  # fewer than 2 blocks
+        # a traced loop would freeze the row count (and so the batch size) into an exported graph
+        torch.jit.trace(Chunked(), x, check_trace=False)
+        assert sizes == [1, 3]  # whole: batch 1, then the traced batch of 3
+    sizes.clear()
+    blocks.rowwise_chunked(fn, x, 32).sum().backward()  # recording gradients: no blocks (no gain measured)
+    assert sizes == [3]
+
+
+def test_samplewise_chunked_groups_evenly_and_stays_whole_when_it_must(monkeypatch):
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_SAMPLES', 400)
+    calls = []
+
+    def per_sample(x):  # tokens of a sample depend on each other, samples do not
+        calls.append(x.shape[0])
+        return x.softmax(dim=1) * 2
+    x = torch.randn(9, 5, 4)
+    with torch.no_grad():
+        got = blocks.samplewise_chunked(per_sample, x, bytes_per_sample=100)  # <= 4 a group: 3 + 3 + 3
+        assert calls == [3, 3, 3]
+        torch.testing.assert_close(got, per_sample(x), rtol=0, atol=0)
+        calls.clear()
+        blocks.samplewise_chunked(per_sample, x, bytes_per_sample=100, budget=200)
+        assert calls == [2, 2, 2, 2, 1]
+        calls.clear()
+        torch.jit.trace(lambda t: blocks.samplewise_chunked(per_sample, t, 100), x, check_trace=False)
+        assert calls == [9]
+    calls.clear()
+    blocks.samplewise_chunked(per_sample, x.requires_grad_(), 100).sum().backward()
+    assert calls == [9]
+
+
+def test_other_timm_models_get_timms_reparameterisation():
+    model = random_bn(timm.create_model('resnet18', num_classes=5)).eval()
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, InferenceBlock) for m in fused.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+
+
+def _captured_linears(compile_fn, x):
+    """Run `compile_fn(backend=recorder)` (dynamo capture only, no inductor) on x; count the Linear calls
+    in the single captured graph."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    out = compile_fn(backend=backend)(x)
+    assert len(graphs) == 1
+    linears = sum(1 for n in graphs[0].graph.nodes if n.op == 'call_function' and 'linear' in str(n.target))
+    return out, linears
+
+
+def test_compile_for_inference_unrolls_token_blocks(monkeypatch):
+    """cvtlab.compile_for_inference (static shapes) unrolls the token blocks into the graph: more Linear
+    calls (more still under a lower row cap), same outputs. A plain torch.compile, dynamic=True and
+    compiled training run them whole."""
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_COMPILED', 64 * 128 * 4)  # cvt_tiny stage 1: 512 rows, 128 hidden
+    model = timm.create_model('cvt_tiny', num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    fused = fuse_for_inference(model)
+    with torch.no_grad():
+        ref = fused(x)
+        out, unrolled = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, **kw), x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        _, whole = _captured_linears(lambda **kw: torch.compile(fused, fullgraph=True, dynamic=False, **kw), x)
+        _, dynamic = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, dynamic=True, **kw), x)
+        monkeypatch.setattr(blocks, 'CHUNK_ROWS_COMPILED', 32)  # the row cap halves the 64-row blocks
+        out, capped = _captured_linears(lambda **kw: cvtlab.compile_for_inference(model, **kw), x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert unrolled > whole, 'compile_for_inference did not unroll the token blocks'
+    assert capped > unrolled, 'CHUNK_ROWS_COMPILED did not cap the compiled token blocks'
+    assert dynamic == whole
+    _, trained = _captured_linears(lambda **kw: torch.compile(model.train(), fullgraph=True, dynamic=False, **kw), x)
+    assert trained == whole
+    torch._dynamo.reset()
+
+
+def test_model_files_carry_no_speed_machinery():
+    """The models read like the papers: speed lives in cvtlab/deploy, not in cvtlab/models."""
+    banned = re.compile(r'is_tracing|is_compiling|chunk|sample.?group|CHUNK_|_BYTES|deploy|\bprescaled\b')
+    models = Path(cvtlab.__file__).parent / 'models'
+    for path in models.glob('*.py'):
+        code = path.read_text()
+        docstring_end = code.find('"""', 3) + 3 if code.startswith('"""') else 0  # the docstring may point at deploy
+        hits = [line for line in code[docstring_end:].splitlines() if banned.search(line)]
+        assert not hits, f'{path.name}: {hits}'
