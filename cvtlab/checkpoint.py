@@ -135,15 +135,28 @@ def fit_state_dict(state_dict: dict, model: nn.Module) -> dict:
     return state_dict
 
 
-def load_checkpoint(model: nn.Module, path) -> nn.Module:
-    """Load official, HF transformers or cvtlab weights (file or directory) into `model`, strictly."""
-    state_dict = fit_state_dict(to_cvtlab(read_state_dict(path)), model)
-    model.load_state_dict(state_dict, strict=True)
+def read_checkpoint(path) -> Tuple[dict, str]:
+    """(cvtlab-layout state_dict, the layout it was stored in) of a checkpoint file or directory.
+
+    The one read of the file: callers pass the state_dict on rather than reading the path again.
+    """
+    state_dict = read_state_dict(path)
+    try:
+        layout = detect_layout(state_dict)
+    except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from None
+    return to_cvtlab(state_dict, layout), layout
+
+
+def apply_state_dict(model: nn.Module, state_dict: dict) -> nn.Module:
+    """Load a cvtlab-layout state_dict (already read and converted) into `model`, strictly (`fit_state_dict`)."""
+    model.load_state_dict(fit_state_dict(state_dict, model), strict=True)
     return model
 
 
-def checkpoint_layout(path) -> str:
-    return detect_layout(read_state_dict(path))
+def load_checkpoint(model: nn.Module, path) -> nn.Module:
+    """Load official, HF transformers or cvtlab weights (file or directory) into `model`, strictly."""
+    return apply_state_dict(model, read_checkpoint(path)[0])
 
 
 def atomic_write(path, write: Callable[[str], None]):

@@ -3,15 +3,15 @@
 Importing `cvtlab` registers every family with timm, so `timm.create_model('cvt_13')` works too.
 """
 import difflib
-from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import timm
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint, read_json_config, read_state_dict
-from .convert import to_cvtlab
-from .errors import ConfigError
+from .checkpoint import apply_state_dict, read_checkpoint, read_json_config, save_model
+from .convert.architecture import FAMILY_KEYS, args_from_state_dict
+from .convert.hf_cvt import is_hf_cvt_config
+from .errors import CheckpointError, ConfigError
 
 # Families whose models cvtlab owns: the timm module name their models register under.
 FAMILIES = ('cvt', 'lg')
@@ -55,53 +55,73 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     _check_name(name)
     if checkpoint is None:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    state_dict = to_cvtlab(read_state_dict(checkpoint))
+    state_dict, _ = read_checkpoint(checkpoint)
     if 'head.weight' in state_dict:
         kwargs.setdefault('num_classes', state_dict['head.weight'].shape[0])
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    return load_checkpoint(model, checkpoint)
+    return apply_state_dict(timm.create_model(name, pretrained=False, **kwargs), state_dict)
 
 
-def load_model(path) -> nn.Module:
-    """Rebuild a model saved by `cvtlab convert` / training from its weights and JSON config alone."""
-    from .models.cvt import cvt_args_from_state_dict
-    config = read_json_config(path)
-    state_dict = to_cvtlab(read_state_dict(path))
-    if config and 'architecture' in config:  # cvtlab's own config
-        name, args = config['architecture'], dict(config.get('model_args') or {})
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-        label_names = config.get('label_names')
-    else:  # HF `config.json` or a bare file: read the architecture off the tensors
-        heads = (config or {}).get('num_heads')
-        name, args = cvt_args_from_state_dict(state_dict, heads)
-        id2label = (config or {}).get('id2label')
-        label_names = [id2label[str(i)] for i in range(len(id2label))] if id2label else None
-    model = timm.create_model(name, **args)
-    load_checkpoint(model, path)
-    if label_names:
-        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': tuple(label_names)}
+def _tuples(value):
+    """JSON lists back to the tuples of the model configs, nested ones too (LG's per-stage rates)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _read_architecture(state_dict: dict, config: Optional[dict], model_name: Optional[str]) -> Tuple[str, dict]:
+    """(architecture, arguments) read off the tensors, of the family they hold; a CvT's heads from an HF config."""
+    family, name, args = args_from_state_dict(state_dict, (config or {}).get('num_heads'), model_name)
+    if config is not None and family != 'cvt':
+        raise CheckpointError(f'its HF config describes a CvT, the weights are {FAMILY_KEYS[family][0]}')
+    return name, args
+
+
+def _architecture(path, state_dict: dict, config: Optional[dict], model_name: Optional[str] = None):
+    """(architecture, its arguments, class names or None) of a checkpoint: from cvtlab's JSON config, else
+    read off the tensors (an HF `config.json` only adds a CvT's heads and labels)."""
+    if model_name is not None:
+        _check_name(model_name)
+    if config is not None and 'architecture' in config:  # cvtlab's own config
+        name = model_name or config['architecture']
+        _check_name(name)
+        return name, {k: _tuples(v) for k, v in (config.get('model_args') or {}).items()}, config.get('label_names')
+    if config is not None and not is_hf_cvt_config(config):
+        raise CheckpointError(
+            f'{path}: its config is neither cvtlab\'s nor an HF CvT one (model_type={config.get("model_type")!r}, '
+            f'architectures={config.get("architectures")}); cvtlab reads HF configs of CvtForImageClassification only')
+    try:
+        name, args = _read_architecture(state_dict, config, model_name)
+    except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from None
+    id2label = (config or {}).get('id2label')
+    labels = [id2label[str(i)] for i in range(len(id2label))] if id2label else None
+    return name, args, labels
+
+
+def _build(name: str, args: dict, state_dict: dict, labels, config: Optional[dict]) -> nn.Module:
+    model = apply_state_dict(timm.create_model(name, **args), state_dict)
+    if labels:
+        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': tuple(labels)}
     if config and config.get('pretrained_cfg'):
         model.pretrained_cfg = {**model.pretrained_cfg, **config['pretrained_cfg']}
     return model
 
 
+def load_model(path) -> nn.Module:
+    """Rebuild a model from its weights: cvtlab's JSON config beside them (written by `cvtlab convert` and
+    training) says what to build; without one, the architecture is read off the tensors."""
+    config = read_json_config(path)
+    state_dict, _ = read_checkpoint(path)
+    name, args, labels = _architecture(path, state_dict, config)
+    return _build(name, args, state_dict, labels, config)
+
+
 def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:
     """Convert any supported checkpoint to cvtlab safetensors + JSON config; returns a summary."""
-    from .checkpoint import checkpoint_layout, save_model
-    from .models.cvt import cvt_args_from_state_dict
-    layout = checkpoint_layout(src)
-    state_dict = to_cvtlab(read_state_dict(src))
-    config = read_json_config(src) or {}
-    base, args = cvt_args_from_state_dict(state_dict, config.get('num_heads'))
-    if model_name is not None:
-        _check_name(model_name)
-        base = model_name
-    model = timm.create_model(base, **args)
-    load_checkpoint(model, src)
-    id2label = config.get('id2label')
-    labels = [id2label[str(i)] for i in range(len(id2label))] if id2label else config.get('label_names')
-    weights, json_path = save_model(model, dst, base, args, labels)
-    return dict(layout=layout, architecture=base, keys=len(state_dict), weights=str(weights),
+    config = read_json_config(src)
+    state_dict, layout = read_checkpoint(src)
+    name, args, labels = _architecture(src, state_dict, config, model_name)
+    model = _build(name, args, state_dict, labels, config)
+    weights, json_path = save_model(model, dst, name, args, labels)
+    return dict(layout=layout, architecture=name, keys=len(state_dict), weights=str(weights),
                 config=str(json_path), params=sum(p.numel() for p in model.parameters()))
 
 

@@ -158,3 +158,102 @@ def test_atomic_write_keeps_previous_file(tmp_path):
         atomic_write(path, broken)
     assert torch.equal(read_state_dict(path)['a'], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ['w.safetensors']  # no temporary left behind
+
+
+# --- one read per call ----------------------------------------------------------------------------------
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Counts every opening of a weights file: safetensors' load_file and torch.load, wherever called."""
+    reads = []
+
+    def counted(load):
+        def wrapper(*args, **kwargs):
+            reads.append(args[0])
+            return load(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(cvtlab.checkpoint, 'load_file', counted(cvtlab.checkpoint.load_file))
+    monkeypatch.setattr(torch, 'load', counted(torch.load))
+    return reads
+
+
+def test_each_entry_point_reads_the_file_once(official_file, tmp_path, count_reads):
+    model, path = official_file
+    entry_points = {
+        'create_model': lambda: cvtlab.create_model('cvt_13', checkpoint=str(path), **TINY),
+        'convert_checkpoint': lambda: cvtlab.convert_checkpoint(path, tmp_path / 'out.safetensors'),
+        'load_model (cvtlab file + JSON)': lambda: cvtlab.load_model(tmp_path / 'out.safetensors'),
+        'load_model (bare official file)': lambda: cvtlab.load_model(path),
+        'load_checkpoint': lambda: cvtlab.load_checkpoint(tiny(), path),
+    }
+    for name, call in entry_points.items():
+        count_reads.clear()
+        loaded = call()
+        assert len(count_reads) == 1, f'{name} read {count_reads}'
+        if isinstance(loaded, torch.nn.Module):
+            assert torch.equal(loaded.stages[2].cls_token, model.stages[2].cls_token), name
+
+
+# --- which family a file holds ----------------------------------------------------------------------------
+def test_bare_lg_file_is_rebuilt_as_lg(tmp_path):
+    model = timm.create_model('lg_nano', num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    # saved by cvtlab, its JSON config lost; and a plain safetensors file with no config at all
+    cvtlab.save_model(model, tmp_path / 'run.safetensors', 'lg_nano', dict(num_classes=7), None)
+    (tmp_path / 'run.json').unlink()
+    save_file(model.state_dict(), str(tmp_path / 'bare.safetensors'))
+    for path in (tmp_path / 'run.safetensors', tmp_path / 'bare.safetensors'):
+        rebuilt = cvtlab.load_model(path).eval()
+        assert type(rebuilt).__name__ == 'LGTransformer' and rebuilt.num_classes == 7
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), model(x))
+    summary = cvtlab.convert_checkpoint(tmp_path / 'bare.safetensors', tmp_path / 'out.safetensors')
+    assert summary['architecture'] == 'lg_nano' and summary['layout'] == 'cvtlab'
+    with torch.no_grad():
+        assert torch.equal(cvtlab.load_model(tmp_path / 'out.safetensors').eval()(x), model(x))
+
+
+def test_lg_file_of_no_registered_shape_needs_its_config(tmp_path):
+    model = timm.create_model('lg_nano', embed_dims=(16, 32, 48, 64), num_classes=3).eval()
+    save_file(model.state_dict(), str(tmp_path / 'custom.safetensors'))
+    with pytest.raises(cvtlab.CheckpointError, match='match no registered variant.*JSON config') as info:
+        cvtlab.load_model(tmp_path / 'custom.safetensors')
+    assert 'embed_dims=(16, 32, 48, 64)' in str(info.value) and '\n' not in str(info.value)
+    # naming the variant supplies what the tensors cannot (pooling rates, design size)
+    summary = cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'out.safetensors', 'lg_nano')
+    assert summary['architecture'] == 'lg_nano'
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cvtlab.load_model(tmp_path / 'out.safetensors').eval()(x), model(x))
+    with pytest.raises(cvtlab.CheckpointError, match='LG-Transformer, which cvt_13 is not'):
+        cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'o2.safetensors', 'cvt_13')
+    assert not (tmp_path / 'o2.safetensors').exists()
+
+
+@pytest.mark.parametrize('arch, message', [('resnet18', 'unknown checkpoint layout'),
+                                           ('convnext_atto', 'not a cvtlab model.*match neither CvT')])
+def test_unrelated_state_dict_is_never_built_as_cvt(tmp_path, arch, message):
+    """resnet18's keys are of no known layout; convnext's `stages.N.` keys pass as cvtlab's but are no family."""
+    save_file(timm.create_model(arch).state_dict(), str(tmp_path / 'w.safetensors'))
+    with pytest.raises(cvtlab.CheckpointError, match=message):
+        cvtlab.load_model(tmp_path / 'w.safetensors')
+    with pytest.raises(cvtlab.CheckpointError, match=message):
+        cvtlab.convert_checkpoint(tmp_path / 'w.safetensors', tmp_path / 'out.safetensors')
+    assert not (tmp_path / 'out.safetensors').exists()
+    line = assert_one_line_error(run_cli('convert', tmp_path / 'w.safetensors', tmp_path / 'out.safetensors'))
+    assert 'w.safetensors' in line
+
+
+def test_hf_config_is_read_only_when_it_says_cvt(official_file, tmp_path):
+    model, _ = official_file
+    folder = tmp_path / 'hub'
+    folder.mkdir()
+    save_file(model.state_dict(), str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{"model_type": "vit", "architectures": ["ViTForImageClassification"]}')
+    with pytest.raises(cvtlab.CheckpointError, match="model_type='vit'.*CvtForImageClassification only"):
+        cvtlab.load_model(folder)
+    (folder / 'config.json').write_text('{"architectures": ["CvtForImageClassification"], "num_heads": [1, 2, 3]}')
+    assert torch.equal(cvtlab.load_model(folder).head.weight, model.head.weight)
+    save_file(timm.create_model('lg_nano').state_dict(), str(folder / 'model.safetensors'))
+    with pytest.raises(cvtlab.CheckpointError, match='describes a CvT, the weights are LG-Transformer'):
+        cvtlab.load_model(folder)

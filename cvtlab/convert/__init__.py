@@ -1,4 +1,9 @@
-"""Upstream checkpoint layouts, one module each, and detection of which one a state_dict is in."""
+"""Upstream checkpoint layouts, one module each, and detection of which one a state_dict is in.
+
+`architecture` reads which cvtlab model (family, variant, arguments) a converted state_dict holds.
+"""
+from typing import Optional
+
 from ..errors import CheckpointError
 from .hf_cvt import hf_to_official, is_hf
 from .microsoft_cvt import cvtlab_to_official, is_official, official_to_cvtlab
@@ -18,9 +23,12 @@ def detect_layout(state_dict: dict) -> str:
     raise CheckpointError(f'unknown checkpoint layout (first keys: {some})')
 
 
-def to_cvtlab(state_dict: dict) -> dict:
-    """Rename keys of any supported layout to cvtlab's; values are not copied."""
-    layout = detect_layout(state_dict)
+def to_cvtlab(state_dict: dict, layout: Optional[str] = None) -> dict:
+    """Rename keys of any supported layout to cvtlab's; values are not copied.
+
+    `layout` is `detect_layout(state_dict)` when the caller has it already (it is detected otherwise).
+    """
+    layout = layout or detect_layout(state_dict)
     if layout == 'hf':
         state_dict = hf_to_official(state_dict)
         layout = 'official'

@@ -36,6 +36,11 @@ def is_hf(state_dict: dict) -> bool:
     return any(re.match(r'^(?:cvt\.)?encoder\.stages\.', k) for k in state_dict)
 
 
+def is_hf_cvt_config(config: dict) -> bool:
+    """An HF transformers `config.json` that says it is a CvT (other HF models are not read)."""
+    return config.get('model_type') == 'cvt' or 'CvtForImageClassification' in (config.get('architectures') or ())
+
+
 def hf_to_official(state_dict: dict) -> dict:
     """Rename every key; a key that no rule matches is kept as is, so the strict check names it."""
     out = {}
