@@ -1,9 +1,9 @@
 """What each CvT-13 inference change gained, measured side by side in one process (interleaved, medians).
 
-Variants: `before` = cvt.py as of commit bf8470c (before the speed work), `layout` = current code without
-fusing (channels_last token<->map views, no cat without a cls token), `fused` = + `fuse_for_inference`
-(BN folded, QuickGELU as one SiLU), `fused_bf16` = + bf16 autocast, `fused_compiled` = + torch.compile,
-`fused_compiled_frozen` = + torch.compile with inductor freezing.
+Variants: `before` = CvT as of commit bf8470c (before the speed work), `layout` = the current model as
+built (no inference transform), `fused` = + `cvtlab.fuse_for_inference` (BN folded, the CPU fast paths),
+`fused_bf16` = + bf16 autocast, `fused_compiled` = + plain torch.compile, `fused_compiled_frozen` =
+`cvtlab.compile_for_inference` (inductor freezing).
 
 With --train: one SGD training step (forward, cross-entropy, backward) instead, variants `before`,
 `before_mlp` (commit d3100cd: QuickGELU as three element-wise ops), `current` (QuickGELU as one SiLU on
@@ -12,38 +12,25 @@ Usage: .venv/bin/python benchmarks/ablation.py [--batch-size 16] [--img-size 224
        .venv/bin/python benchmarks/ablation.py --train [--batch-size 32] [--repeats 4]
 """
 import argparse
-import importlib.util
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import timm
 import torch
 
-import cvtlab  # noqa: F401  (registers the models)
+import cvtlab  # registers the models
 from cvtlab.benchmark import time_interleaved
-from cvtlab.deploy import FrozenCompiled, fuse_for_inference
+from vs_commit import package_at
 
 BEFORE = 'bf8470c'
 BEFORE_MLP = 'd3100cd'
 
 
 def old_cvt_class(commit: str = BEFORE):
-    """The CvT class from `commit`, imported under another name (its registration stripped)."""
-    root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(['git', 'show', f'{commit}:cvtlab/models/cvt.py'], cwd=root, check=True,
-                         capture_output=True, text=True).stdout
-    src = (src.replace('from ..layers', 'from cvtlab.layers').replace('from ._contract', 'from cvtlab.models._contract')
-           .replace('@register_model\n', ''))
-    path = Path(tempfile.mkdtemp()) / f'cvt_{commit}.py'
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f'cvt_{commit}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CvT
+    """The CvT class from `commit`: that commit's whole package, imported under another name (build the
+    current models first: its registration takes over timm's names)."""
+    return package_at(commit).models.cvt.CvT
 
 
 def main():
@@ -67,16 +54,15 @@ def main():
                 b.normal_(0, 0.1)
     before = old_cvt_class()().eval()
     before.load_state_dict(new.state_dict())
-    fused = fuse_for_inference(new)
+    fused = cvtlab.fuse_for_inference(new)
     variants = {'before': (before, False), 'layout': (new, False), 'fused': (fused, False)}
     if not args.no_bf16:
         variants['fused_bf16'] = (fused, True)
     if args.compile:
         variants['fused_compiled'] = (torch.compile(fused, fullgraph=True, dynamic=False), False)
         # inductor freezing: weights as constants, so GEMMs run pre-packed. Check the profile when comparing it
-        # with 'fused_compiled' in one process: dynamo may reuse the unfrozen graph (FrozenCompiled)
-        frozen = fuse_for_inference(new)
-        variants['fused_compiled_frozen'] = (FrozenCompiled(frozen, fullgraph=True, dynamic=False), False)
+        # with 'fused_compiled' in one process: dynamo may reuse the unfrozen graph (cvtlab.FrozenCompiled)
+        variants['fused_compiled_frozen'] = (cvtlab.compile_for_inference(new), False)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def run(model, bf16):
@@ -98,7 +84,7 @@ def main():
 
 
 def train_ablation(args):
-    from cvtlab.benchmark import _hf_call, hf_twin
+    from cvtlab.benchmark import hf_logits, hf_twin
     torch.manual_seed(0)
     current = timm.create_model('cvt_13', drop_path_rate=0.0).train()  # as the old defaults and HF: no stochastic depth
     hf = hf_twin(current).train()  # random HF weights, copied into `current`
@@ -111,7 +97,7 @@ def train_ablation(args):
     target = torch.randint(0, 1000, (args.batch_size,))
 
     def step(name, model):
-        logits = _hf_call(model, x) if name == 'hf' else model(x)
+        logits = hf_logits(model, x) if name == 'hf' else model(x)
         loss = torch.nn.functional.cross_entropy(logits, target)
         loss.backward()
         grad = model.classifier.weight.grad if name == 'hf' else model.head.weight.grad

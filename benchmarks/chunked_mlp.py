@@ -1,10 +1,11 @@
-"""What token-wise chunking (cvtlab.layers.rowwise_chunked) gains on CPU, measured side by side in one process.
+"""What token-wise chunking (`cvtlab.deploy.blocks.rowwise_chunked`) gains on CPU, measured side by side in one process.
 
-`whole` runs every block's `x + MLP(LayerNorm(x))` as one call (chunk budgets set beyond any tensor);
-`chunked` is the library default (4 MiB blocks of the hidden layer in inference, 8 MiB in training).
-Parts: (1) the MLP residual of one CvT-13 block per stage on that stage's token count, inference and
-training (forward + backward); (2) whole models: CvT-13 inference (fused) and training step, LG-Tiny
-inference. Variants take turns (interleaved medians); outputs are compared too.
+`whole` runs every block's MLP residual, x + MLP(LayerNorm(x)), as one call (the token-block budget set
+beyond any tensor); `chunked` is the default of `cvtlab.fuse_for_inference` (4 MiB blocks of the hidden
+layer). Inference only: with gradients recorded the blocks always run whole (a training step gained
+nothing from them). Parts: (1) the MLP residual of one fused CvT-13 block per stage on that stage's token
+count; (2) whole fused models, CvT-13 and LG-Tiny (sample groups on in both variants). Variants take
+turns (interleaved medians); outputs are compared too.
 Usage: .venv/bin/python benchmarks/chunked_mlp.py [--batch-size 32] [--img-size 224] [--repeats 5] [--json F]
 """
 import argparse
@@ -14,12 +15,10 @@ import statistics
 
 import timm
 import torch
-import torch.nn.functional as F
 
-import cvtlab  # noqa: F401  (registers the models)
-import cvtlab.layers as layers
+import cvtlab  # registers the models
 from cvtlab.benchmark import time_interleaved
-from cvtlab.deploy import fuse_for_inference
+from cvtlab.deploy import blocks
 
 CPU = torch.device('cpu')
 
@@ -27,12 +26,12 @@ CPU = torch.device('cpu')
 @contextlib.contextmanager
 def whole():
     """Every rowwise_chunked call runs as one call."""
-    saved = layers.CHUNK_BYTES_INFERENCE, layers.CHUNK_BYTES_TRAINING
-    layers.CHUNK_BYTES_INFERENCE = layers.CHUNK_BYTES_TRAINING = 1 << 62
+    saved = blocks.CHUNK_BYTES_INFERENCE
+    blocks.CHUNK_BYTES_INFERENCE = 1 << 62
     try:
         yield
     finally:
-        layers.CHUNK_BYTES_INFERENCE, layers.CHUNK_BYTES_TRAINING = saved
+        blocks.CHUNK_BYTES_INFERENCE = saved
 
 
 def compare(label: str, run, repeats: int, batch: int) -> dict:
@@ -61,49 +60,27 @@ def main():
     torch.manual_seed(0)
     print(f'batch {B}, {size} px, {torch.get_num_threads()} threads, torch {torch.__version__}')
     rows = []
-
-    # (1) one block's MLP residual per stage, on that stage's tokens
-    model = timm.create_model('cvt_13')
-    fused = fuse_for_inference(model)
-    side = size // 4
-    for i, stage in enumerate(fused.stages):
-        n_tokens = side * side + stage.num_prefix_tokens
-        dim = stage.blocks[0].mlp.fc1.in_features
-        x = torch.randn(B, n_tokens, dim)
-        block = stage.blocks[0]
-        with torch.inference_mode():
-            rows.append(compare(f'stage {i + 1} MLP residual {B}x{n_tokens}x{dim} infer',
-                                lambda: block.mlp_residual(x), args.repeats, B))
-        train_block = model.stages[i].blocks[0].train()
-        xg = x.clone().requires_grad_()
-
-        def train_step():
-            out = train_block.mlp_residual(xg)
-            out.backward(torch.ones_like(out))
-            grad = xg.grad
-            xg.grad = None
-            train_block.zero_grad(set_to_none=True)
-            return grad
-        rows.append(compare(f'stage {i + 1} MLP residual {B}x{n_tokens}x{dim} train', train_step, args.repeats, B))
-        side //= 2
-
-    # (2) whole models
-    images = torch.randn(B, 3, size, size)
+    fused = cvtlab.fuse_for_inference(timm.create_model('cvt_13'))
     with torch.inference_mode():
-        rows.append(compare('cvt_13 inference (fused)', lambda: fused(images), args.repeats, B))
-        lg = timm.create_model('lg_tiny').eval()
-        rows.append(compare('lg_tiny inference', lambda: lg(images), args.repeats, B))
-    model.train()
-    target = torch.randint(0, 1000, (B,))
+        # (1) one block's MLP residual per stage, on that stage's tokens
+        side = size // 4
+        for i, stage in enumerate(fused.stages):
+            n_tokens = side * side + stage.num_prefix_tokens
+            block = stage.blocks[0]
+            dim, hidden = block.mlp.fc1.in_features, block.mlp.fc1.out_features
+            x = torch.randn(B, n_tokens, dim)
 
-    def model_step():
-        torch.manual_seed(1)  # the same drop-path draws in both variants
-        loss = F.cross_entropy(model(images), target)
-        loss.backward()
-        grad = model.head.weight.grad
-        model.zero_grad(set_to_none=True)
-        return grad
-    rows.append(compare('cvt_13 training step (head grad compared)', model_step, max(3, args.repeats - 2), B))
+            def residual(t, block=block):
+                return t + block.mlp(block.norm2(t))
+            rows.append(compare(f'stage {i + 1} MLP residual {B}x{n_tokens}x{dim} infer',
+                                lambda: blocks.rowwise_chunked(residual, x, hidden), args.repeats, B))
+            side //= 2
+
+        # (2) whole models
+        images = torch.randn(B, 3, size, size)
+        rows.append(compare('cvt_13 inference (fused)', lambda: fused(images), args.repeats, B))
+        lg = cvtlab.fuse_for_inference(timm.create_model('lg_tiny'))
+        rows.append(compare('lg_tiny inference (fused)', lambda: lg(images), args.repeats, B))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(settings=vars(args), threads=torch.get_num_threads(), torch=torch.__version__,

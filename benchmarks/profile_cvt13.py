@@ -18,10 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-import cvtlab  # noqa: F401
-from cvtlab.benchmark import gmacs, matmul_probe, time_interleaved
-from cvtlab.flops import count_macs
-from cvtlab.deploy import fuse_for_inference
+import cvtlab  # registers the models
+from cvtlab.benchmark import gmacs, hf_logits, hf_twin, matmul_probe, time_interleaved
 
 
 def bf16_probe():
@@ -65,17 +63,16 @@ def categorised_ms(prof) -> dict:
 
 
 def compare_hf_profile(args):
-    from cvtlab.benchmark import _hf_call, hf_twin
     torch.manual_seed(0)
     ours = timm.create_model('cvt_13')
     hf = hf_twin(ours)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     if args.train:
         ours.train(), hf.train()
-        subjects = {'cvtlab': lambda: ours(x).mean().backward(), 'hf': lambda: _hf_call(hf, x).mean().backward()}
+        subjects = {'cvtlab': lambda: ours(x).mean().backward(), 'hf': lambda: hf_logits(hf, x).mean().backward()}
     else:
-        ours, hf = fuse_for_inference(ours), hf.eval()
-        subjects = {'cvtlab': lambda: ours(x), 'hf': lambda: _hf_call(hf, x)}
+        ours, hf = cvtlab.fuse_for_inference(ours), hf.eval()
+        subjects = {'cvtlab': lambda: ours(x), 'hf': lambda: hf_logits(hf, x)}
     probe, probe_gflop = matmul_probe()
     probe_ms = []
     samples = {name: [] for name in subjects}  # per profiled call: {category: ms}
@@ -116,7 +113,7 @@ def compare_hf_profile(args):
           f'cost nothing: {sums["hf"] / gemm:.2f}x; if only GEMM + attention + conv remain: {sums["hf"] / core:.2f}x')
     if not args.train:
         rate = probe_gflop / statistics.median(probe_ms) * 1e3  # GFLOP/s
-        gflop = 2 * count_macs(ours, (3, args.img_size, args.img_size)) / 1e9 * args.batch_size
+        gflop = 2 * gmacs('cvt_13', (args.img_size, args.img_size)) * args.batch_size
         print(f'matmul probe {rate:.0f} GFLOP/s; cvtlab reaches {gflop / rows["cvtlab"]["wall"] * 1e3 / rate:.0%} '
               f'of it (unprofiled calls), {gflop / sums["cvtlab"] * 1e3 / rate:.0%} by its op sum, and at most '
               f'{gflop / core * 1e3 / rate:.0%} if only GEMM + attention + conv remained; '
@@ -127,10 +124,9 @@ def compiled_profile(args):
     """The frozen compiled model, one profiled call after timed calls interleaved with the matmul probe;
     inductor's own kernels appear by name (`cpp.enable_kernel_profile`), extern ones under their op or, with
     the C++ wrapper, as `aoti_torch_cpu_*` without shapes."""
-    from cvtlab.deploy import compile_for_inference
     torch._inductor.config.cpp.enable_kernel_profile = True
     torch.manual_seed(0)
-    model = compile_for_inference(timm.create_model('cvt_13'))
+    model = cvtlab.compile_for_inference(timm.create_model('cvt_13'))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     probe, probe_gflop = matmul_probe()
     gflop = 2 * gmacs('cvt_13', (args.img_size, args.img_size))
@@ -165,7 +161,7 @@ def main():
         return compare_hf_profile(args)
     if args.compile:
         return compiled_profile(args)
-    model = fuse_for_inference(timm.create_model('cvt_13'))
+    model = cvtlab.fuse_for_inference(timm.create_model('cvt_13'))
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=args.bf16):
         model(x)

@@ -2,16 +2,20 @@
 
 The earlier package comes out of git (`git archive`) and is imported under another name, so both versions
 run interleaved (A B A B ..., medians) on the same weights and the same input. Inference runs each
-version's `fuse_for_inference` for CvT models (LG models as they are, in eval mode); `--train` times one
-forward + backward instead; `--compile` compiles both (static shapes; inference through each version's own
-`compile_for_inference`, or, for versions before it, `FrozenCompiled` of the whole model).
+version's `fuse_for_inference`: the checked-out one for every family; an earlier one with the old API
+(`compile_for_inference` without `fuse=`) for CvT models only, LG models as they are, in eval mode, as it
+was used then. `--train` times one forward + backward instead; `--compile` compiles both (static shapes;
+inference through each version's own `compile_for_inference`, or, for versions before it, `FrozenCompiled`
+of the whole model).
 
 Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
            [--repeats 8] [--train] [--compile] [--json FILE]
 """
 import argparse
 import importlib
+import inspect
 import json
+import pkgutil
 import statistics
 import subprocess
 import sys
@@ -23,9 +27,8 @@ from pathlib import Path
 import timm
 import torch
 
-import cvtlab  # noqa: F401  (registers the models)
+import cvtlab  # registers the models
 from cvtlab.benchmark import time_interleaved
-from cvtlab.deploy import FrozenCompiled, fuse_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +48,22 @@ def package_at(commit: str):
         return importlib.import_module(name)
 
 
+def build_in(pkg, model_name: str) -> torch.nn.Module:
+    """`model_name` built by `pkg`'s own registered function (whichever family module defines it)."""
+    for info in pkgutil.iter_modules(pkg.models.__path__):
+        module = importlib.import_module(f'{pkg.models.__name__}.{info.name}')
+        if callable(getattr(module, model_name, None)):
+            return getattr(module, model_name)()
+    raise SystemExit(f'{pkg.__name__} has no model {model_name!r}')
+
+
+def fuses_every_family(pkg) -> bool:
+    """Whether `pkg`'s `fuse_for_inference` is the transform meant for every model (the API whose
+    `compile_for_inference` takes `fuse=`); before it, only CvT models were fused for timing."""
+    compile_fn = getattr(pkg, 'compile_for_inference', None)
+    return compile_fn is not None and 'fuse' in inspect.signature(compile_fn).parameters
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('commit')
@@ -61,23 +80,29 @@ def main():
     current = timm.create_model(args.model)  # before the old package takes over the registry names
     old_pkg = package_at(args.commit)
     family = 'cvt' if args.model.startswith('cvt') else 'lg'
-    earlier = getattr(getattr(old_pkg.models, family), args.model)()
+    earlier = build_in(old_pkg, args.model)
     earlier.load_state_dict(current.state_dict())
     models = {'current': current, args.commit: earlier}
+    # the earlier version prepared as it was used then (see the module docstring)
+    old_fuse = getattr(old_pkg, 'fuse_for_inference', None)
+    fuse_earlier = old_fuse is not None and (family == 'cvt' or fuses_every_family(old_pkg))
     if args.train:
         for m in models.values():
             m.train()
-    elif family == 'cvt':
-        models = {'current': fuse_for_inference(current), args.commit: old_pkg.fuse_for_inference(earlier)}
+    elif args.compile and fuses_every_family(old_pkg):  # both compile_for_inference fuse by themselves
+        models = {'current': cvtlab.compile_for_inference(current),
+                  args.commit: old_pkg.compile_for_inference(earlier)}
+    elif args.compile:  # the earlier version's compile_for_inference or, before there was one, frozen whole
+        def frozen_whole(m):
+            return getattr(old_pkg, 'FrozenCompiled', cvtlab.FrozenCompiled)(m, fullgraph=True, dynamic=False)
+        prepared = old_fuse(earlier) if fuse_earlier else earlier.eval()
+        models = {'current': cvtlab.compile_for_inference(current),
+                  args.commit: getattr(old_pkg, 'compile_for_inference', frozen_whole)(prepared)}
     else:
-        models = {k: m.eval() for k, m in models.items()}
+        models = {'current': cvtlab.fuse_for_inference(current),
+                  args.commit: old_fuse(earlier) if fuse_earlier else earlier.eval()}
     if args.compile and args.train:
         models = {k: torch.compile(m, fullgraph=True, dynamic=False) for k, m in models.items()}
-    elif args.compile:  # each version's own compile_for_inference, or, before there was one, frozen whole
-        def frozen_whole(m):
-            return FrozenCompiled(m, fullgraph=True, dynamic=False)
-        models = {'current': cvtlab.compile_for_inference(models['current']),
-                  args.commit: getattr(old_pkg, 'compile_for_inference', frozen_whole)(models[args.commit])}
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def step(model):

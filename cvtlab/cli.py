@@ -7,13 +7,10 @@ import json
 import sys
 from typing import List, Optional
 
-from rich.console import Console
 from rich.table import Table
 
+from .console import console
 from .errors import CvtlabError
-
-# wide enough for the zoo table when output is piped (rich would fall back to 80 columns)
-console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fmt(value, spec):
@@ -27,7 +24,7 @@ def cmd_models(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title='cvtlab model zoo (GMACs = multiply-accumulates incl. attention; paper values beside ours)',
-                  caption='* derived in spec/lg_transformer.md from the H1 reconstruction, not read from the paper')
+                  caption='* derived in docs/lg_transformer.md from the H1 reconstruction, not read from the paper')
     for col, justify in [('model', 'left'), ('params', 'right'), ('paper', 'right'), ('GMACs@224', 'right'),
                          ('paper', 'right'), ('GMACs@384', 'right'), ('paper', 'right'),
                          ('input', 'center'), ('weights', 'left')]:
@@ -81,7 +78,8 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from .inference import evaluate
     r = evaluate(args.checkpoint, args.data, model=args.model, pretrained=args.pretrained,
-                 batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output)
+                 batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output,
+                 fuse=args.fuse)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != 'confusion'}, indent=2))
     else:
@@ -101,7 +99,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .inference import predict
     results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
-                              pretrained=args.pretrained, top_k=args.top_k)
+                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse)
     for e in errors:
         print(f'cvtlab: error: {e}', file=sys.stderr)
     if args.json:
@@ -133,8 +131,9 @@ def cmd_export(args) -> int:
     model = _load_any(args.source, args.pretrained)
     r = export_onnx(model, args.out, fuse=args.fuse, opset=args.opset)
     diffs = ', '.join(f'{k}: {v:.2e}' for k, v in r['max_abs_diff'].items())
+    unfused = f" (unfused model: {max(r['max_abs_diff_unfused'].values()):.2e})" if r['fused'] else ''
     print(f"* exported {args.source} -> {r['onnx']} ({r['size_mb']:.1f} MiB{', BN folded' if r['fused'] else ''}) "
-          f"+ {r['preprocess']}; onnxruntime vs PyTorch max |diff| {diffs}")
+          f"+ {r['preprocess']}; onnxruntime vs PyTorch max |diff| {diffs}{unfused}")
     return 0
 
 
@@ -169,14 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
 
-    from .benchmark import add_benchmark_parser
+    from .benchmark.cli import add_benchmark_parser
     add_benchmark_parser(sub)
 
     p = sub.add_parser('export', help='ONNX with dynamic batch/height/width, checked in onnxruntime')
     p.add_argument('source', help='model name, checkpoint file or run directory')
     p.add_argument('out', help='output .onnx file (preprocessing JSON written beside it)')
     p.add_argument('--format', choices=['onnx'], default='onnx', help='export format')
-    p.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (inference model)')
+    p.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
+                   help='export cvtlab.fuse_for_inference(model) (default; --no-fuse: the model as built)')
     p.add_argument('--pretrained', action='store_true', help='with a model name: load its weights')
     p.add_argument('--opset', type=_positive_int, default=17, help='ONNX opset')
     p.set_defaults(func=cmd_export)
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--checkpoint', help='weights file or run directory (uses best.safetensors)')
         p.add_argument('--model', help='a timm / cvtlab model name instead of a checkpoint')
         p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
+        p.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
+                       help='run cvtlab.fuse_for_inference(model) (default; --no-fuse: the model as built)')
         if name == 'eval':
             p.add_argument('--data', default='digits', help="'digits', 'cifar10', 'cifar100' or an image folder")
             p.add_argument('--data-root', default='~/.cache/cvtlab/data', help='where cifar is stored')

@@ -1,4 +1,8 @@
-"""The loops: one training epoch, evaluation, prediction. One code path each (AMP off is autocast disabled)."""
+"""The loops: one training epoch (`train_one_epoch`), evaluation over a loader (`evaluate_loader`) and
+prediction for a batch (`predict_batch`). One code path each (AMP off is autocast disabled).
+
+`cvtlab.evaluate` / `cvtlab.predict` (`inference.py`) build on the last two, from a checkpoint or a model name.
+"""
 import contextlib
 import math
 import random
@@ -109,8 +113,8 @@ def _world() -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int,
-             autocast: Callable = contextlib.nullcontext, channels_last: bool = False) -> dict:
+def evaluate_loader(model: nn.Module, loader, device: torch.device, num_classes: int,
+                    autocast: Callable = contextlib.nullcontext, channels_last: bool = False) -> dict:
     """Top-1/top-5 (%), mean cross-entropy and the confusion matrix (rows: true class), reduced over ranks."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
@@ -135,7 +139,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, top_k: int = 5) -> tuple:
+def predict_batch(model: nn.Module, images: torch.Tensor, top_k: int = 5) -> tuple:
     """Softmax top-k (probabilities, class indices) for a batch of preprocessed images."""
     model.eval()
     probs = model(images).float().softmax(dim=-1)

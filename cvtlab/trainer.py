@@ -25,7 +25,7 @@ from . import distributed
 from .checkpoint import atomic_write, save_model
 from .config import TrainConfig
 from .data import build_datasets, build_transforms, eval_loader, resolve_data_config, train_loader
-from .engine import NonFiniteLoss, StepContext, evaluate, train_one_epoch
+from .engine import NonFiniteLoss, StepContext, evaluate_loader, train_one_epoch
 from .errors import ConfigError, CvtlabError
 from .progress import EpochProgress
 from .registry import create_model
@@ -330,8 +330,8 @@ class Trainer:
                 if module is not None:
                     distribute_bn(module, self.env.world_size, reduce=False)
         model = self.ema.module if self.ema else self.model
-        return evaluate(model, self.val_loader, self.env.device, self.num_classes, self.autocast,
-                        self.config.channels_last)
+        return evaluate_loader(model, self.val_loader, self.env.device, self.num_classes, self.autocast,
+                               self.config.channels_last)
 
     # --- outputs ------------------------------------------------------------------------------------------
     def _write_run_files(self):

@@ -64,11 +64,11 @@ def test_compare_hf_same_weights():
 
 
 def test_compile_wiring_freezes_inference_and_can_leave_hf_eager(monkeypatch):
-    """--compile: every copy compiled, inference copies with inductor freezing; --hf-eager leaves HF alone.
-    torch.compile and FrozenCompiled are replaced by recorders (a real compile of four copies would take
-    minutes)."""
+    """--compile: every copy compiled, inference copies through compile_for_inference (inductor freezing);
+    --hf-eager leaves HF alone. torch.compile and compile_for_inference are replaced by recorders (a real
+    compile of four copies would take minutes)."""
     pytest.importorskip('transformers')
-    import cvtlab.benchmark
+    import cvtlab.benchmark.subjects
     calls = []
 
     def recorder(how):
@@ -77,7 +77,7 @@ def test_compile_wiring_freezes_inference_and_can_leave_hf_eager(monkeypatch):
             return model
         return fake_compile
     monkeypatch.setattr(torch, 'compile', recorder('plain'))
-    monkeypatch.setattr(cvtlab.benchmark, 'FrozenCompiled', recorder('frozen'))
+    monkeypatch.setattr(cvtlab.benchmark.subjects, 'compile_for_inference', recorder('frozen'))
     ours, hf = compare_hf('cvt_13', replace(TINY, compile=True, latency=False), model_args=SMALL_CVT,
                           hf_eager=True)
     assert sorted(calls, key=str) == [('CvT', False, 'frozen', False), ('CvT', True, 'plain', False)]
@@ -104,7 +104,8 @@ def test_fused_equals_unfused_in_eval():
         assert (fused(x) - model(x)).abs().max() <= 1e-5
 
 
-def test_timm_reparameterize_model_fuses():
+def test_timm_reparameterize_model_keeps_outputs():
+    """timm's own reparameterisation (what timm users call) leaves a cvtlab model's outputs alone."""
     model = random_bn(timm.create_model('cvt_13', **SMALL_CVT)).eval()
     fused = timm.utils.reparameterize_model(model)
     x = torch.randn(1, 3, 32, 32)
@@ -123,19 +124,21 @@ def test_fusing_a_copy_leaves_training_alone():
                            model.state_dict()['stages.0.blocks.0.attn.conv_proj_q.bn.running_mean'])
 
 
-def test_conv_projection_fuse_is_idempotent():
+def test_fusing_a_conv_projection_twice_is_fusing_it_once():
     proj = random_bn(ConvProjection(8, stride=2)).eval()
     x = torch.randn(1, 8, 6, 6)
     ref = proj(x)
-    assert torch.allclose(proj.fuse().fuse()(x), ref, atol=1e-6)
+    twice = fuse_for_inference(fuse_for_inference(proj))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in twice.modules())
+    assert torch.allclose(twice(x), ref, atol=1e-6)
 
 
 def test_compile_fullgraph_matches_eager(monkeypatch):
     """One small inductor compile (~30 s cold on 2 cores) through cvtlab.compile_for_inference, with token
     blocks small enough to unroll: no graph breaks (fullgraph), inductor freezing in effect (packed GEMMs in
     the profile), same outputs."""
-    import cvtlab.layers
-    monkeypatch.setattr(cvtlab.layers, 'CHUNK_BYTES_COMPILED', 64 * 64 * 4)  # stage 1: 128 rows, hidden 64 -> 2 blocks
+    from cvtlab.deploy import blocks
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_COMPILED', 64 * 64 * 4)  # stage 1: 128 rows, hidden 64 -> 2 blocks
     monkeypatch.setattr(torch._inductor.config.cpp, 'enable_kernel_profile', True)  # the C++ wrapper's calls, profiled
     model = random_bn(timm.create_model('cvt_13', **SMALL_CVT))
     torch._dynamo.reset()  # no earlier compile of a CvT in this process to reuse (cvtlab.FrozenCompiled)

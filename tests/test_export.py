@@ -42,7 +42,12 @@ def test_onnx_matches_pytorch_at_two_sizes(name, fuse, tmp_path):
     assert np.abs(session.run(None, {'image': x.numpy()})[0] - expected).max() <= 1e-4
     pre = json.loads((tmp_path / 'm.preprocess.json').read_text())
     assert pre['mean'] == list(model.pretrained_cfg['mean']) and pre['input_size'][0] == 3
-    if fuse:  # BN folded in the PyTorch model too, same outputs
+    if not fuse:
+        assert 'max_abs_diff_unfused' not in result
+    else:  # onnxruntime also checked against the model as it was before fusing
+        assert result['max_abs_diff_unfused'].keys() == result['max_abs_diff'].keys()
+        assert max(result['max_abs_diff_unfused'].values()) <= 1e-4
+        # BN folded in the PyTorch model too, same outputs
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) or name.startswith('lg')
         assert torch.allclose(model(torch.ones(1, 3, 64, 64)), reference, atol=1e-5)
 
@@ -51,7 +56,7 @@ def test_export_cli_from_a_checkpoint(tmp_path):
     model = timm.create_model('cvt_tiny', num_classes=4)
     cvtlab.save_model(model, tmp_path / 'tiny.safetensors', 'cvt_tiny', dict(num_classes=4), ['a', 'b', 'c', 'd'])
     result = subprocess.run([sys.executable, '-m', 'cvtlab', 'export', str(tmp_path / 'tiny.safetensors'),
-                             str(tmp_path / 'out.onnx'), '--fuse'], capture_output=True, text=True, timeout=300)
+                             str(tmp_path / 'out.onnx')], capture_output=True, text=True, timeout=300)  # fuses
     assert result.returncode == 0, result.stderr
     assert 'max |diff|' in result.stdout and 'BN folded' in result.stdout
     assert json.loads((tmp_path / 'out.preprocess.json').read_text())['label_names'] == ['a', 'b', 'c', 'd']

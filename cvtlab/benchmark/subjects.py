@@ -1,0 +1,189 @@
+"""What a benchmark run measures (`BenchSettings`), the models under measurement (subjects: an inference
+and a training copy each), and `benchmark_models`, which times them side by side into result rows."""
+import copy
+import statistics
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..deploy import compile_for_inference, fuse_for_inference
+from ..errors import ConfigError
+from .measure import PROBE, create_at_size, default_img_size, gmacs, latency, matmul_probe, peak_memory, \
+    time_interleaved
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one benchmark run measures and how.
+
+    `img_size` None means the model's own default input size. `fuse` passes the inference copy through
+    `cvtlab.fuse_for_inference` (BN folded, the CPU fast paths); `compile` compiles every copy, the
+    inference copy through `cvtlab.compile_for_inference` (inductor freezing). Training copies are never fused.
+    """
+    batch_size: int = 8
+    img_size: Optional[int] = None
+    dtype: str = 'fp32'
+    device: str = 'cpu'
+    channels_last: bool = False
+    compile: bool = False
+    fuse: bool = True
+    grad_checkpointing: bool = False
+    train: bool = True
+    latency: bool = True
+    memory: bool = True
+    warmup: int = 1
+    repeats: int = 3
+    latency_repeats: int = 10
+
+
+@dataclass
+class _Subject:
+    """One model under measurement: an inference copy and a training copy, and how to call them."""
+    label: str
+    infer: nn.Module
+    train: Optional[nn.Module]
+    call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda m, x: m(x)
+    dtype: Optional[str] = None  # autocast dtype for this subject; None: the run's dtype
+
+
+def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
+    """`model` on the run's device, set up as the settings say; an inference copy may come back wrapped."""
+    model = model.to(torch.device(s.device)).train(training)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if training and s.grad_checkpointing and hasattr(model, 'set_grad_checkpointing'):
+        model.set_grad_checkpointing(True)
+    # dynamic=False everywhere: with dynamic shapes the training compile crashed
+    if training:
+        return torch.compile(model, dynamic=False) if s.compile else model
+    if s.compile:
+        return compile_for_inference(model, inplace=True, fuse=s.fuse, dynamic=False)
+    return fuse_for_inference(model, inplace=True) if s.fuse else model
+
+
+def _input(s: BenchSettings, batch_size: int, img_size: Tuple[int, int]) -> torch.Tensor:
+    x = torch.randn(batch_size, 3, *img_size, device=s.device)
+    return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+
+
+def _autocast(s: BenchSettings, subject: _Subject):
+    dtype = subject.dtype or s.dtype
+    if dtype == 'fp32':
+        return nullcontext()
+    return torch.autocast(torch.device(s.device).type, dtype=DTYPES[dtype])
+
+
+def _infer_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+    def step():
+        with torch.inference_mode(), _autocast(s, subject):
+            return subject.call(subject.infer, x)
+    return step
+
+
+def _train_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+    model = subject.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        with _autocast(s, subject):
+            loss = loss_fn(subject.call(model, x).float(), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, int],
+             probe: bool = True) -> Tuple[Dict[str, dict], Optional[float]]:
+    """Every measurement for every subject, timings interleaved across subjects; with `probe`, the
+    matmul rate (GFLOP/s) from a probe step interleaved with the inference steps, else None."""
+    device = torch.device(s.device)
+    rows = {sub.label: dict(infer_batch_size=s.batch_size, infer_img_size=list(img_size)) for sub in subjects}
+    x = _input(s, s.batch_size, img_size)
+    steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
+    timed = dict(steps)
+    if probe:
+        timed[PROBE], probe_gflop = matmul_probe(DTYPES[s.dtype], s.device)
+    times = time_interleaved(timed, s.warmup, s.repeats, device)
+    rate = probe_gflop / statistics.median(times.pop(PROBE)) if probe else None
+    for label, t in times.items():
+        rows[label].update(infer_step_time=1e3 * statistics.median(t),
+                           infer_samples_per_sec=s.batch_size / statistics.median(t))
+    if s.latency:
+        one = _input(s, 1, img_size)
+        ones = {sub.label: _infer_step(sub, one, s) for sub in subjects}
+        for label, t in time_interleaved(ones, s.warmup, s.latency_repeats, device).items():
+            rows[label]['infer_latency_ms'], rows[label]['infer_latency_p90_ms'] = latency(t)
+    if s.memory:
+        for label, step in steps.items():
+            rows[label]['infer_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
+    if s.train and all(sub.train is not None for sub in subjects):
+        train_steps = {sub.label: _train_step(sub, x, s) for sub in subjects}
+        for label, t in time_interleaved(train_steps, s.warmup, s.repeats, device).items():
+            rows[label].update(train_batch_size=s.batch_size, train_img_size=list(img_size),
+                               train_step_time=1e3 * statistics.median(t),
+                               train_samples_per_sec=s.batch_size / statistics.median(t))
+        if s.memory:
+            for label, step in train_steps.items():
+                rows[label]['train_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
+    return rows, rate
+
+
+def _finish(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
+    """`row` with params (M), GMACs, the achieved GFLOP/s and its fraction of the matmul `rate`."""
+    row['param_count'] = round(params / 1e6, 3)
+    row['infer_gmacs'] = None if macs is None else round(macs, 3)
+    if macs is not None:
+        row['infer_gflops_per_sec'] = 2 * macs * row['infer_samples_per_sec']
+        row['infer_matmul_fraction'] = row['infer_gflops_per_sec'] / rate
+    row['matmul_gflops_per_sec'] = rate
+    return row
+
+
+def _check(name: str, s: BenchSettings):
+    import timm
+    if name not in timm.list_models():
+        raise ConfigError(f'unknown model {name!r} (see `cvtlab models` or timm.list_models())')
+    if s.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {s.dtype!r}")
+    if s.device.startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError('--device cuda: no CUDA device is available')
+    if min(s.batch_size, s.repeats, s.latency_repeats) < 1 or s.warmup < 0:
+        raise ConfigError('batch size and repeat counts must be >= 1, warm-up >= 0')
+
+
+def _settings_fields(s: BenchSettings) -> dict:
+    return dict(dtype=s.dtype, device=s.device, channels_last=s.channels_last, compiled=s.compile, fused=s.fuse,
+                grad_checkpointing=s.grad_checkpointing)
+
+
+def benchmark_model(name: str, settings: BenchSettings = BenchSettings()) -> dict:
+    """Measure one timm-registered model: throughput, latency, memory, params, GMACs, matmul fraction."""
+    return benchmark_models([name], settings)[0]
+
+
+def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettings()) -> List[dict]:
+    """Measure several models side by side (interleaved) at one size; one dict per model."""
+    s = settings
+    for name in names:
+        _check(name, s)
+    res = s.img_size or default_img_size(names[0])
+    img_size = (res, res)
+    subjects, extra = [], {}
+    for name in names:
+        model = create_at_size(name, img_size)
+        params = sum(p.numel() for p in model.parameters())
+        macs = gmacs(name, img_size, model)
+        train = _prepare(copy.deepcopy(model), s, training=True) if s.train else None
+        subjects.append(_Subject(name, _prepare(model, s, training=False), train))
+        extra[name] = (macs, params)
+    rows, rate = _measure(subjects, s, img_size)
+    return [_finish(dict(model=name, **_settings_fields(s), **rows[name]), extra[name][0], rate, extra[name][1])
+            for name in names]
