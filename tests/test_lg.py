@@ -1,21 +1,20 @@
-"""LG-Transformer (a reconstruction, spec/lg_transformer.md H1) against the spec's derived budget, its
-local-to-global claims and the timm model contract."""
+"""LG-Transformer (a reconstruction, docs/lg_transformer.md) against its published and derived budgets, its
+local-to-global claims and Swin (the timm model contract: test_contract.py)."""
 import re
 
 import pytest
 import timm
 import timm.optim
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import cvtlab
 from cvtlab import count_macs, count_params
 from cvtlab.models.lg import LG_VARIANTS, PAPER_NUMBERS, relative_position_index, window_attention
-from contract import assert_backward_reaches_every_parameter, assert_grad_checkpointing_equivalent
 
-# [D] targets derived in the spec (Sec. 4), not paper numbers: params within 1%, GMACs within 2%.
-TARGETS = {'lg_tiny': (32.6, 4.85), 'lg_small': (61.0, 9.47)}
+# (params M, GMACs at 224, where from): LG-T as published (DHVT, arXiv 2210.05958, Table 15: 4.8 "GFLOPs" are
+# multiply-adds), LG-S derived in docs/lg_transformer.md Sec. 7. Ours: params within 1%, GMACs within 2%.
+TARGETS = {'lg_tiny': (32.6, 4.8, '2210.05958'), 'lg_small': (61.0, 9.47, 'derived')}
 # Our exact counts (H1 plus the qkv/proj biases and bias tables of the extra paths, +0.07M/+0.11M).
 PARAMS = {'lg_tiny': 32_672_164, 'lg_small': 61_110_724}
 SWIN_T_PARAMS = 28_288_354  # timm swin_tiny_patch4_window7_224
@@ -36,13 +35,16 @@ def lg_tiny():
 
 # --- size and cost ------------------------------------------------------------------------------------
 @pytest.mark.parametrize('name', sorted(TARGETS))
-def test_params_and_gmacs_match_the_derived_targets(name):
+def test_params_and_gmacs_match_the_published_and_derived_targets(name):
     model = meta_model(name)
     params, gmacs = count_params(model), count_macs(model, (3, 224, 224)) / 1e9
     assert params == PARAMS[name]
     assert params / 1e6 == pytest.approx(TARGETS[name][0], rel=0.01)
     assert gmacs == pytest.approx(TARGETS[name][1], rel=0.02)
-    assert PAPER_NUMBERS[name] == dict(params_m=TARGETS[name][0], gmacs={224: TARGETS[name][1]}, source='derived')
+    paper = PAPER_NUMBERS[name]
+    assert (paper['params_m'], paper['gmacs']) == (TARGETS[name][0], {224: TARGETS[name][1]})
+    assert TARGETS[name][2] in paper['source']
+    assert paper.get('top1') == (82.1 if name == 'lg_tiny' else None)  # ImageNet-1k, the same table
 
 
 def test_gmacs_count_attention_on_a_real_cpu_model():
@@ -69,11 +71,13 @@ def test_registered_and_listed():
     assert not timm.list_pretrained('lg_*.*')  # no weights exist
 
 
-@pytest.mark.parametrize('name,res,crop', [('lg_tiny', 224, 0.875), ('lg_small', 224, 0.875), ('lg_nano', 32, 1.0)])
-def test_pretrained_cfg(name, res, crop):
+@pytest.mark.parametrize('name,res,crop,pool', [('lg_tiny', 224, 0.875, 7), ('lg_small', 224, 0.875, 7),
+                                                ('lg_nano', 32, 1.0, 2)])
+def test_pretrained_cfg(name, res, crop, pool):
     model = meta_model(name)
     cfg = model.pretrained_cfg
     assert cfg['input_size'] == (3, res, res) and cfg['crop_pct'] == crop and cfg['interpolation'] == 'bicubic'
+    assert tuple(cfg['pool_size']) == (pool, pool) and model.output_fmt == 'NHWC'  # as timm's Swin
     assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['std'] == (0.229, 0.224, 0.225)
     state = model.state_dict()
     assert cfg['classifier'] + '.weight' in state and cfg['first_conv'] + '.weight' in state
@@ -210,21 +214,14 @@ def test_padding_is_masked_out():
         assert torch.allclose(path(x), path.proj(path.qkv(x)[..., 32:]), atol=1e-6)
 
 
-# --- timm model contract -----------------------------------------------------------------------------
-def test_forward_head_and_pooling():
+# --- pooling, feature maps, optimizer groups (the rest of the timm contract: test_contract.py) ----------------
+def test_avg_pooling_over_the_nhwc_map():
     model = timm.create_model('lg_tiny', **TINY).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         feats = model.forward_features(x)
         assert feats.shape == (2, 2, 3, 64)  # NHWC
         assert torch.allclose(model.forward_head(feats, pre_logits=True), feats.mean((1, 2)))
-        model.reset_classifier(0)
-        assert model(x).shape == (2, model.head_hidden_size)
-        model.reset_classifier(0, '')
-        assert model(x).shape == (2, 2, 3, 64)
-        model.reset_classifier(7, 'avg')
-        assert model(x).shape == (2, 7)
-    assert model.get_classifier() is model.head
     with pytest.raises(ValueError):
         model.reset_classifier(3, 'max')
     unpooled = timm.create_model('lg_tiny', **TINY, num_classes=0, global_pool='').eval()
@@ -232,51 +229,12 @@ def test_forward_head_and_pooling():
         assert unpooled(x).shape == (2, 2, 3, 64)
 
 
-def test_reset_classifier_keeps_device_dtype_and_mode():
-    model = timm.create_model('lg_tiny', **TINY).to(torch.float64).eval()
-    model.reset_classifier(5)
-    assert model.head.weight.dtype == torch.float64 and not model.training
-    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 5)
+def test_feature_info_four_stages_as_swin():
+    info = meta_model('lg_tiny').feature_info
+    assert [f['reduction'] for f in info] == [4, 8, 16, 32] and [f['num_chs'] for f in info] == [96, 192, 384, 768]
 
 
-def test_features_only_shapes_and_reductions():
-    assert meta_model('lg_tiny', features_only=True).feature_info.reduction() == [4, 8, 16, 32]
-    model = timm.create_model('lg_tiny', features_only=True, **TINY).eval()
-    assert model.feature_info.channels() == [16, 32, 48, 64]
-    with torch.no_grad():
-        feats = model(torch.randn(2, 3, 96, 128))
-    assert [tuple(f.shape) for f in feats] == [(2, 16, 24, 32), (2, 32, 12, 16), (2, 48, 6, 8), (2, 64, 3, 4)]
-    model = timm.create_model('lg_tiny', features_only=True, out_indices=(1, 3), **TINY)
-    assert model.feature_info.reduction() == [8, 32]
-
-
-def test_forward_intermediates_match_forward_features():
-    model = timm.create_model('lg_tiny', **TINY).eval()
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        final, inter = model.forward_intermediates(x)
-        assert torch.allclose(final, model.forward_features(x))
-        assert [tuple(t.shape) for t in inter] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 48, 4, 6), (2, 64, 2, 3)]
-        only = model.forward_intermediates(x, indices=[0], intermediates_only=True, stop_early=True)
-        assert len(only) == 1 and torch.equal(only[0], inter[0])
-        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[0]
-        assert torch.allclose(normed.permute(0, 2, 3, 1), final, atol=1e-6)
-        nhwc = model.forward_intermediates(x, indices=1, output_fmt='NHWC', intermediates_only=True)[0]
-        assert torch.equal(nhwc, inter[-1].permute(0, 2, 3, 1))
-    assert model.prune_intermediate_layers([0, 1]) == [0, 1]
-    assert len(model.stages) == 2 and isinstance(model.head, nn.Identity)
-
-
-def test_grad_checkpointing_same_outputs_and_gradients():
-    model = timm.create_model('lg_tiny', **TINY, drop_path_rate=0.0).train()
-    assert_grad_checkpointing_equivalent(model, torch.randn(2, 3, 64, 64))
-
-
-def test_backward_reaches_every_parameter():
-    assert_backward_reaches_every_parameter(timm.create_model('lg_tiny', **TINY).train(), torch.randn(2, 3, 48, 64))
-
-
-def test_no_weight_decay_and_optimizer_groups():
+def test_no_weight_decay_exempts_every_bias_table():
     model = timm.create_model('lg_tiny', **TINY)
     tables = {n for n, _ in model.named_parameters() if 'relative_position_bias_table' in n}
     assert len(tables) == 4 + 2 * 3 + 2 + 1 and model.no_weight_decay() == tables
@@ -285,9 +243,6 @@ def test_no_weight_decay_and_optimizer_groups():
     named = dict(model.named_parameters())
     assert all(id(named[n]) in no_decay for n in tables)
     assert id(named['stages.0.blocks.0.attn.paths.3.qkv.weight']) not in no_decay
-    opt = timm.optim.create_optimizer_v2(model, 'adamw', lr=1e-3, layer_decay=0.75)
-    scales = sorted({g['lr_scale'] for g in opt.param_groups})
-    assert len(scales) >= 5 and max(scales) == 1.0
 
 
 def test_drop_path_rises_over_all_blocks():
