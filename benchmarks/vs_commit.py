@@ -6,10 +6,11 @@ version's `fuse_for_inference`: the checked-out one for every family; an earlier
 (`compile_for_inference` without `fuse=`) for CvT models only, LG models as they are, in eval mode, as it
 was used then. `--train` times one forward + backward instead; `--compile` compiles both (static shapes;
 inference through each version's own `compile_for_inference`, or, for versions before it, `FrozenCompiled`
-of the whole model).
+of the whole model). `--compare-hf` (CvT models) adds HF transformers' CvT with the same weights as a third
+subject in the same interleaving, so both versions' ratios against HF come from one run.
 
 Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
-           [--repeats 8] [--train] [--compile] [--json FILE]
+           [--repeats 8] [--train] [--compile] [--compare-hf] [--json FILE]
 """
 import argparse
 import importlib
@@ -28,7 +29,7 @@ import timm
 import torch
 
 import cvtlab  # registers the models
-from cvtlab.benchmark import time_interleaved
+from cvtlab.benchmark import hf_logits, hf_twin, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,11 +74,14 @@ def main():
     p.add_argument('--repeats', type=int, default=8)
     p.add_argument('--train', action='store_true', help='time forward + backward instead of inference')
     p.add_argument('--compile', action='store_true', help='torch.compile both (inference: each version\'s compile_for_inference)')
+    p.add_argument('--compare-hf', action='store_true', help='also time HF transformers\' CvT, same weights')
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
 
     torch.manual_seed(0)
-    current = timm.create_model(args.model)  # before the old package takes over the registry names
+    # before the old package takes over the registry names; as the HF twin, no stochastic depth with HF
+    current = timm.create_model(args.model, **(dict(drop_path_rate=0.0) if args.compare_hf else {}))
+    hf = hf_twin(current).train(args.train) if args.compare_hf else None  # its weights copied into `current`
     old_pkg = package_at(args.commit)
     family = 'cvt' if args.model.startswith('cvt') else 'lg'
     earlier = build_in(old_pkg, args.model)
@@ -103,17 +107,19 @@ def main():
                   args.commit: old_fuse(earlier) if fuse_earlier else earlier.eval()}
     if args.compile and args.train:
         models = {k: torch.compile(m, fullgraph=True, dynamic=False) for k, m in models.items()}
+    if hf is not None:  # as an HF user runs it: eager
+        models['hf'] = hf
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
 
     def step(model):
         if args.train:
             torch.manual_seed(1)  # the same drop-path draws in both
-            out = model(x)
+            out = hf_logits(model, x) if model is hf else model(x)
             out.logsumexp(-1).mean().backward()
             model.zero_grad(set_to_none=True)
             return out.detach()
         with torch.inference_mode():
-            return model(x)
+            return hf_logits(model, x) if model is hf else model(x)
 
     diff = (step(models['current']) - step(models[args.commit])).abs().max().item()  # also the warm-up
     times = time_interleaved({k: (lambda m=m: step(m)) for k, m in models.items()}, warmup=0,
@@ -124,9 +130,13 @@ def main():
                   threads=torch.get_num_threads(), torch=torch.__version__,
                   img_per_sec={k: args.batch_size / t for k, t in med.items()},
                   speedup=med[args.commit] / med['current'], max_abs_diff=diff)
+    if hf is not None:  # HF keeps its exact GELU (the official weights use QuickGELU): logits differ by ~0.03
+        result.update(current_vs_hf=med['hf'] / med['current'], earlier_vs_hf=med['hf'] / med[args.commit])
     print(f"{args.model} {result['mode']}{' compiled' if args.compile else ''}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
           f"current {result['img_per_sec']['current']:.2f} img/s, {args.commit} "
-          f"{result['img_per_sec'][args.commit]:.2f} img/s, x{result['speedup']:.3f}, max|diff| {diff:.1e}")
+          f"{result['img_per_sec'][args.commit]:.2f} img/s, x{result['speedup']:.3f}, max|diff| {diff:.1e}"
+          + (f"; vs HF: current x{result['current_vs_hf']:.3f}, {args.commit} x{result['earlier_vs_hf']:.3f}"
+             if hf is not None else ''))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + '\n')
 

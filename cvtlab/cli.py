@@ -23,20 +23,29 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    # marks for paper figures not read from the model's own paper: derived by cvtlab, or tabled by a later paper
+    later = sorted({r['paper_source'] for r in rows if r['paper_source'] not in (None, 'paper', 'derived')})
+    marks = {'derived': '*', **{src: '\u2020' * (i + 1) for i, src in enumerate(later)}}
+    notes = ['* derived for the reconstruction (docs/lg_transformer.md), not read from a paper'] * any(
+        r['paper_source'] == 'derived' for r in rows)
+    notes += [f"{marks[src]} the paper's model as tabled by {src}" for src in later]
     table = Table(title='cvtlab model zoo (GMACs = multiply-accumulates incl. attention; paper values beside ours)',
-                  caption='* derived in docs/lg_transformer.md from the H1 reconstruction, not read from the paper')
+                  caption='; '.join(notes) or None)
     for col, justify in [('model', 'left'), ('params', 'right'), ('paper', 'right'), ('GMACs@224', 'right'),
                          ('paper', 'right'), ('GMACs@384', 'right'), ('paper', 'right'),
                          ('input', 'center'), ('weights', 'left')]:
         table.add_column(col, justify=justify)
     for r in rows:
-        mark = '*' if r['paper_source'] == 'derived' else ''
+        mark = marks.get(r['paper_source'], '')
+        weights = ', '.join(r['weights']) or '-'
+        if r['paper_top1'] is not None:
+            weights += f" (paper top-1 {r['paper_top1']}{mark})"
         table.add_row(
             r['model'], f"{r['params'] / 1e6:.2f}M",
             _fmt(r['paper_params_m'], '.2f') + ('M' + mark if r['paper_params_m'] else ''),
             f"{r['gmacs'][224]:.2f}", _fmt(r['paper_gmacs'].get(224), '.2f') + (mark if r['paper_gmacs'] else ''),
             f"{r['gmacs'][384]:.2f}", _fmt(r['paper_gmacs'].get(384), '.1f'),
-            'x'.join(map(str, r['input_size'][1:])), ', '.join(r['weights']) or '-')
+            'x'.join(map(str, r['input_size'][1:])), weights)
     console.print(table)
     print(f'* {len(rows)} models')
     return 0

@@ -141,6 +141,7 @@ def describe_models(names: Optional[List[str]] = None, resolutions=(224, 384)) -
             paper_params_m=paper.get('params_m'),
             gmacs={r: count_macs(model, (cfg['input_size'][0], r, r)) / 1e9 for r in resolutions},
             paper_gmacs=paper.get('gmacs', {}),
+            paper_top1=paper.get('top1'),
             paper_source=paper.get('source', 'paper') if paper else None,
             input_size=tuple(cfg['input_size']),
             weights=[n.split('.', 1)[1] for n in timm.list_pretrained(arch + '.*')],

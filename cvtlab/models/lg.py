@@ -514,7 +514,7 @@ LG_VARIANTS = {
 # i.e. multiply-adds, 82.1% ImageNet-1k top-1). LG-S is [D]: derived in docs/lg_transformer.md from timm's exact
 # Swin-S counts plus the extra paths (4C^2 params and n_r (4C^2 + 2 M^2 C) MACs per path), not read from a paper.
 PAPER_NUMBERS = {
-    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.8}, top1=82.1, source='paper'),
+    'lg_tiny': dict(params_m=32.6, gmacs={224: 4.8}, top1=82.1, source='DHVT (arXiv 2210.05958) Table 15'),
     'lg_small': dict(params_m=61.0, gmacs={224: 9.47}, source='derived'),
 }
 
