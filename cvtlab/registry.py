@@ -81,7 +81,8 @@ def _architecture(path, state_dict: dict, config: Optional[dict], model_name: Op
         _check_name(model_name)
     if config is not None and 'architecture' in config:  # cvtlab's own config
         name = model_name or config['architecture']
-        _check_name(name)
+        if model_name is None:
+            _check_name(name)
         return name, {k: _tuples(v) for k, v in (config.get('model_args') or {}).items()}, config.get('label_names')
     if config is not None and not is_hf_cvt_config(config):
         raise CheckpointError(

@@ -22,9 +22,15 @@ def run_cli(*args):
 def test_models_table_and_json(capsys):
     result = run_cli('models', 'cvt_13', 'cvt_w24')  # counting every model's GMACs takes ~20 s
     assert result.returncode == 0, result.stderr
-    for text in ('cvt_13', 'cvt_w24', '20.00M', '19.98M', '4.57', '4.53', '60.92', 'ms_in22k_ft_in1k_384', '2 models',
-                 'docs/lg_transformer.md'):
+    for text in ('cvt_13', 'cvt_w24', '20.00M', '19.98M', '4.57', '4.53', '60.92', 'ms_in22k_ft_in1k_384', '2 models'):
         assert text in result.stdout
+    assert 'derived' not in result.stdout  # no marks without marked figures
+    # LG: LG-T's figures as tabled by a later paper (marked with it), LG-S's derived (pointing at the design note)
+    assert main(['models', 'lg_tiny', 'lg_small']) == 0
+    out = capsys.readouterr().out
+    for text in ('32.60M\u2020', '4.80\u2020', 'paper top-1 82.1\u2020', '2210.05958', '61.00M*', '9.47*',
+                 'docs/lg_transformer.md'):
+        assert text in out, text
     assert main(['models', '--json', 'cvt_21']) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]['params'] == 31_622_696 and abs(rows[0]['gmacs']['224'] - 7.178) < 0.01
@@ -56,16 +62,23 @@ def test_inference_commands_fuse_unless_told_not_to(command):
     assert parser.parse_args([*command, '--no-fuse']).fuse is False
 
 
-def test_predict_fused_and_unfused_agree(tmp_path):
+def test_predict_fused_and_unfused_agree(tmp_path, monkeypatch):
     from PIL import Image
+    import cvtlab.deploy
     rng = torch.Generator().manual_seed(0)
     for i in range(2):
         pixels = torch.randint(0, 256, (40, 48, 3), generator=rng, dtype=torch.uint8).numpy()
         Image.fromarray(pixels).save(tmp_path / f'{i}.png')
+    fused_models = []
+    real_fuse = cvtlab.deploy.fuse_for_inference
+    monkeypatch.setattr(cvtlab.deploy, 'fuse_for_inference', lambda m, *a, **k: fused_models.append(
+        real_fuse(m, *a, **k)) or fused_models[-1])
     torch.manual_seed(0)
     fused, errors = cvtlab.predict([str(tmp_path)], model='cvt_tiny', top_k=3)
+    assert len(fused_models) == 1  # the transform is the default
     torch.manual_seed(0)
     plain, _ = cvtlab.predict([str(tmp_path)], model='cvt_tiny', top_k=3, fuse=False)
+    assert len(fused_models) == 1
     assert not errors and [r['image'] for r in fused] == [r['image'] for r in plain]
     for f, p in zip(fused, plain):
         assert [t['prob'] for t in f['top']] == pytest.approx([t['prob'] for t in p['top']], abs=1e-5)

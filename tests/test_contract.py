@@ -148,7 +148,9 @@ def test_pretrained_cfg_pool_size_and_output_fmt(name):
         assert feats.shape[2] == model.num_features and cfg['pool_size'] is None
         return
     fmt = model.output_fmt
-    assert fmt in ('NCHW', 'NHWC') and cfg.get('output_fmt', fmt) == fmt
+    assert fmt == ('NHWC' if name.startswith('lg') else 'NCHW')  # LG maps are NHWC, as timm's Swin
+    hooked = timm.create_model(name, features_only=True, feature_cls='hook', pretrained=False, **SMALL[name][0])
+    assert str(hooked.output_fmt.value) == fmt  # timm's feature wrappers read it off the model
     fmap = to_nchw(feats, fmt)
     assert fmap.shape[1] == model.num_features
     assert tuple(cfg['pool_size']) == tuple(fmap.shape[2:])

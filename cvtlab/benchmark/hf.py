@@ -9,7 +9,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..flops import count_macs
 from .measure import default_img_size, gmacs, matmul_rate
-from .subjects import DTYPES, BenchSettings, _check, _finish, _measure, _prepare, _settings_fields, _Subject
+from .subjects import DTYPES, BenchSettings, check_settings, finish_row, measure_subjects, prepare, settings_fields, Subject
 
 
 def hf_twin(model: nn.Module) -> nn.Module:
@@ -71,7 +71,7 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
     Returns [ours, hf]; ours carries the ratios `*_vs_hf` (speed: ours / HF; memory: ours / HF).
     """
     s = settings
-    _check(name, s)
+    check_settings(name, s)
     res = s.img_size or default_img_size(name)
     img_size = (res, res)
     import timm
@@ -85,17 +85,17 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
     hf_settings = replace(s, fuse=False, grad_checkpointing=False, dtype=hf_dtype or s.dtype,  # HF has neither
                           compile=s.compile and not hf_eager)
     subjects = [
-        _Subject(name, _prepare(copy.deepcopy(model), s, False),
-                 _prepare(copy.deepcopy(model), s, True) if s.train else None),
-        _Subject(hf_label, _prepare(copy.deepcopy(hf), hf_settings, False),
-                 _prepare(copy.deepcopy(hf), hf_settings, True) if s.train else None, hf_logits,
+        Subject(name, prepare(copy.deepcopy(model), s, False),
+                 prepare(copy.deepcopy(model), s, True) if s.train else None),
+        Subject(hf_label, prepare(copy.deepcopy(hf), hf_settings, False),
+                 prepare(copy.deepcopy(hf), hf_settings, True) if s.train else None, hf_logits,
                  hf_settings.dtype),
     ]
     del model, hf
-    rows, rate = _measure(subjects, s, img_size)
-    ours = _finish(dict(model=name, **_settings_fields(s), **rows[name]), macs, rate, params)
+    rows, rate = measure_subjects(subjects, s, img_size)
+    ours = finish_row(dict(model=name, **settings_fields(s), **rows[name]), macs, rate, params)
     hf_rate = rate if hf_settings.dtype == s.dtype else matmul_rate(DTYPES[hf_settings.dtype], s.device)
-    theirs = _finish(dict(model=hf_label, **_settings_fields(hf_settings), **rows[hf_label]), macs, hf_rate, params)
+    theirs = finish_row(dict(model=hf_label, **settings_fields(hf_settings), **rows[hf_label]), macs, hf_rate, params)
     ours['hf_max_abs_diff'] = diff
     for key, ratio in [('infer_samples_per_sec', 'infer_vs_hf'), ('train_samples_per_sec', 'train_vs_hf'),
                        ('infer_latency_ms', 'latency_vs_hf'), ('infer_peak_mem_mb', 'infer_mem_vs_hf'),

@@ -42,7 +42,7 @@ class BenchSettings:
 
 
 @dataclass
-class _Subject:
+class Subject:
     """One model under measurement: an inference copy and a training copy, and how to call them."""
     label: str
     infer: nn.Module
@@ -51,7 +51,7 @@ class _Subject:
     dtype: Optional[str] = None  # autocast dtype for this subject; None: the run's dtype
 
 
-def _prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
+def prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
     """`model` on the run's device, set up as the settings say; an inference copy may come back wrapped."""
     model = model.to(torch.device(s.device)).train(training)
     if s.channels_last:
@@ -71,21 +71,21 @@ def _input(s: BenchSettings, batch_size: int, img_size: Tuple[int, int]) -> torc
     return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
 
 
-def _autocast(s: BenchSettings, subject: _Subject):
+def _autocast(s: BenchSettings, subject: Subject):
     dtype = subject.dtype or s.dtype
     if dtype == 'fp32':
         return nullcontext()
     return torch.autocast(torch.device(s.device).type, dtype=DTYPES[dtype])
 
 
-def _infer_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+def _infer_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
     def step():
         with torch.inference_mode(), _autocast(s, subject):
             return subject.call(subject.infer, x)
     return step
 
 
-def _train_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+def _train_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
     model = subject.train
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -100,7 +100,7 @@ def _train_step(subject: _Subject, x: torch.Tensor, s: BenchSettings) -> Callabl
     return step
 
 
-def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, int],
+def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[int, int],
              probe: bool = True) -> Tuple[Dict[str, dict], Optional[float]]:
     """Every measurement for every subject, timings interleaved across subjects; with `probe`, the
     matmul rate (GFLOP/s) from a probe step interleaved with the inference steps, else None."""
@@ -136,7 +136,7 @@ def _measure(subjects: List[_Subject], s: BenchSettings, img_size: Tuple[int, in
     return rows, rate
 
 
-def _finish(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
+def finish_row(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
     """`row` with params (M), GMACs, the achieved GFLOP/s and its fraction of the matmul `rate`."""
     row['param_count'] = round(params / 1e6, 3)
     row['infer_gmacs'] = None if macs is None else round(macs, 3)
@@ -147,7 +147,7 @@ def _finish(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
     return row
 
 
-def _check(name: str, s: BenchSettings):
+def check_settings(name: str, s: BenchSettings):
     import timm
     if name not in timm.list_models():
         raise ConfigError(f'unknown model {name!r} (see `cvtlab models` or timm.list_models())')
@@ -159,7 +159,7 @@ def _check(name: str, s: BenchSettings):
         raise ConfigError('batch size and repeat counts must be >= 1, warm-up >= 0')
 
 
-def _settings_fields(s: BenchSettings) -> dict:
+def settings_fields(s: BenchSettings) -> dict:
     return dict(dtype=s.dtype, device=s.device, channels_last=s.channels_last, compiled=s.compile, fused=s.fuse,
                 grad_checkpointing=s.grad_checkpointing)
 
@@ -173,7 +173,7 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
     """Measure several models side by side (interleaved) at one size; one dict per model."""
     s = settings
     for name in names:
-        _check(name, s)
+        check_settings(name, s)
     res = s.img_size or default_img_size(names[0])
     img_size = (res, res)
     subjects, extra = [], {}
@@ -181,9 +181,9 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
         model = create_at_size(name, img_size)
         params = sum(p.numel() for p in model.parameters())
         macs = gmacs(name, img_size, model)
-        train = _prepare(copy.deepcopy(model), s, training=True) if s.train else None
-        subjects.append(_Subject(name, _prepare(model, s, training=False), train))
+        train = prepare(copy.deepcopy(model), s, training=True) if s.train else None
+        subjects.append(Subject(name, prepare(model, s, training=False), train))
         extra[name] = (macs, params)
-    rows, rate = _measure(subjects, s, img_size)
-    return [_finish(dict(model=name, **_settings_fields(s), **rows[name]), extra[name][0], rate, extra[name][1])
+    rows, rate = measure_subjects(subjects, s, img_size)
+    return [finish_row(dict(model=name, **settings_fields(s), **rows[name]), extra[name][0], rate, extra[name][1])
             for name in names]

@@ -4,7 +4,7 @@ from dataclasses import replace
 from typing import List, Sequence
 
 from .measure import create_at_size
-from .subjects import BenchSettings, _check, _measure, _prepare, _Subject
+from .subjects import BenchSettings, check_settings, measure_subjects, prepare, Subject
 
 SWEEP_MODELS = ('cvt_13', 'lg_tiny', 'vit_small_patch16_224', 'swin_tiny_patch4_window7_224')
 
@@ -18,17 +18,17 @@ def sweep_resolution(names: Sequence[str], resolutions: Sequence[int],
     """
     s = replace(settings, train=False, latency=False)
     for name in names:
-        _check(name, s)
+        check_settings(name, s)
     rows, first = [], {}
     for res in resolutions:
         img_size = (res, res)
         subjects, failed = [], []
         for name in names:
             try:
-                subjects.append(_Subject(name, _prepare(create_at_size(name, img_size), s, training=False), None))
+                subjects.append(Subject(name, prepare(create_at_size(name, img_size), s, training=False), None))
             except Exception as e:  # a model that cannot be built at this size is reported, not fatal
                 failed.append(dict(model=name, infer_img_size=[res, res], error=f'{type(e).__name__}: {e}'[:200]))
-        measured = _measure(subjects, s, img_size, probe=False)[0] if subjects else {}
+        measured = measure_subjects(subjects, s, img_size, probe=False)[0] if subjects else {}
         for name, row in measured.items():
             row = dict(model=name, **row)
             row['pixels_per_sec'] = row['infer_samples_per_sec'] * res * res

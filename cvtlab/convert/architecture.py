@@ -119,9 +119,10 @@ def lg_args_from_state_dict(state_dict: dict, base: Optional[str] = None) -> Tup
             f'variant ({", ".join(LG_VARIANTS)}), and their pooling rates and design size are not in the tensors: '
             f'keep the JSON config saved beside the weights, or name the variant to build on (`cvtlab convert '
             f'--model`)')
-    if base not in LG_VARIANTS:
+    arch = base.split('.')[0]  # a weight tag (`arch.tag`) names its architecture
+    if arch not in LG_VARIANTS:
         raise CheckpointError(f'{base!r} is not an LG-Transformer variant ({", ".join(LG_VARIANTS)})')
-    rates = LG_VARIANTS[base].rates
+    rates = LG_VARIANTS[arch].rates
     if tuple(len(r) for r in rates) != paths:
         raise CheckpointError(f'{base} has {tuple(len(r) for r in rates)} paths per stage, the weights {paths}')
     args['rates'] = rates
@@ -136,7 +137,7 @@ def args_from_state_dict(state_dict: dict, num_heads: Optional[Sequence[int]] = 
     """
     family = detect_family(state_dict)
     variants = {'cvt': CVT_VARIANTS, 'lg': LG_VARIANTS}[family]
-    if base is not None and base not in variants:
+    if base is not None and base.split('.')[0] not in variants:  # `arch` or `arch.tag`
         raise CheckpointError(f'the weights are {FAMILY_KEYS[family][0]}, which {base} is not '
                               f'({", ".join(variants)} are)')
     if family == 'cvt':

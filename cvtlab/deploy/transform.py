@@ -10,8 +10,6 @@ is computed, never what it computes (outputs equal the original eval model's wit
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
 import copy
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -49,6 +47,11 @@ class InferenceBlock(nn.Module):
     def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.norm2(x))
 
+    def train(self, mode: bool = True) -> 'InferenceBlock':
+        if mode:  # no stochastic depth, and BatchNorm folded with its statistics
+            raise RuntimeError('a model from cvtlab.fuse_for_inference is for inference only; train the original')
+        return super().train(False)
+
 
 class SampleGroups(nn.Module):
     """`model` (eval only) run over groups of samples whose first-stage map (the output of the stem conv
@@ -81,9 +84,9 @@ class SampleGroups(nn.Module):
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Every `conv -> bn` pair held as `.conv` / `.bn` (CvT's `ConvProjection`) as one conv with a bias."""
+    """Every CvT `ConvProjection` (depth-wise conv -> BatchNorm) as one conv with a bias, in place."""
     for m in module.modules():
-        if isinstance(getattr(m, 'conv', None), nn.Conv2d) and isinstance(getattr(m, 'bn', None), nn.BatchNorm2d):
+        if isinstance(m, cvt.ConvProjection) and isinstance(m.bn, nn.BatchNorm2d):
             m.conv = fuse_conv_bn_eval(m.conv.eval(), m.bn.eval())
             m.bn = nn.Identity()
     return module
@@ -103,9 +106,8 @@ def silu_mlp(mlp: cvt.QuickGeluMlp) -> Mlp:
     return fast.eval()
 
 
-def _swap_blocks(model: nn.Module) -> int:
-    """Replace CvT / LG blocks by `InferenceBlock`s in place; returns how many."""
-    swapped = 0
+def _swap_blocks(model: nn.Module):
+    """Replace CvT / LG blocks by `InferenceBlock`s in place (CvT's with the SiLU MLP)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, cvt.Block):
@@ -113,34 +115,24 @@ def _swap_blocks(model: nn.Module) -> int:
                 setattr(parent, name, InferenceBlock(child, group_attention=False))
             elif isinstance(child, lg.Block):
                 setattr(parent, name, InferenceBlock(child, group_attention=True))
-            else:
-                continue
-            swapped += 1
-    return swapped
 
 
-def _stem(model: nn.Module) -> Optional[nn.Conv2d]:
-    """The conv that makes the first-stage map: the cfg's `first_conv`, else the first Conv2d registered."""
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        try:
-            stem = model.get_submodule(first_conv)
-            return stem if isinstance(stem, nn.Conv2d) else None
-        except AttributeError:
-            pass
-    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+def _stem(model: nn.Module) -> nn.Conv2d:
+    """The conv that makes the first-stage map."""
+    return model.stages[0].patch_embed.proj if isinstance(model, cvt.CvT) else model.patch_embed.proj
 
 
 def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
     """An eval-only copy of `model` (or `model` itself, rebuilt, with `inplace`) computing the same outputs
-    faster (within 1e-5; module docstring). Works for any timm model: cvtlab's families get the swaps above,
-    others timm's own `reparameterize_model`. Do not train the result: BatchNorm statistics are baked in.
+    faster (within 1e-5; module docstring). Works for any timm model: cvtlab's families get the swaps above
+    (whole classifiers also `SampleGroups`; feature extractors built on them keep their own forward), other
+    families timm's own `reparameterize_model`. Do not train the result: BatchNorm statistics are baked in.
     """
     from timm.utils.model import reparameterize_model
     model = (model if inplace else copy.deepcopy(model)).eval()
-    fold_batchnorm(model)
     reparameterize_model(model, inplace=True)  # other timm families' own `fuse()` / `reparameterize()`
-    if not _swap_blocks(model):
-        return model
-    stem = _stem(model)
-    return SampleGroups(model, stem).eval() if stem is not None else model
+    fold_batchnorm(model)
+    _swap_blocks(model)
+    if isinstance(model, (cvt.CvT, lg.LGTransformer)):
+        return SampleGroups(model, _stem(model)).eval()
+    return model

@@ -142,7 +142,7 @@ class QuickGeluMlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
-        self.act_scale = QUICK_GELU_SCALE
+        self.act_scale = QUICK_GELU_SCALE  # an attribute: TorchScript reads no global floats
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
@@ -309,7 +309,10 @@ class CvT(StagedClassifierMixin, nn.Module):
         """B C H W image -> B n+N C tokens of the last stage after the final LayerNorm (cls first)."""
         for stage in self.stages:
             x, cls_tokens = stage(x)  # B C_i H_i W_i, B n C: the cls token never crosses stages
-        return self.norm(torch.cat([cls_tokens, map_to_tokens(x)], dim=1))  # B n+HW C
+        return self.final_tokens(x, cls_tokens)
+
+    def final_tokens(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.cat([cls_tokens, map_to_tokens(x)], dim=1))  # B C H W, B n C -> B n+HW C
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == 'token':
@@ -371,7 +374,7 @@ class CvT(StagedClassifierMixin, nn.Module):
                 intermediates.append(feat.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feat)
         if intermediates_only:
             return intermediates
-        return self.norm(torch.cat([cls_tokens, map_to_tokens(x)], dim=1)), intermediates
+        return self.final_tokens(x, cls_tokens), intermediates
 
 
 # --- variants (Table 2 and the official experiments/imagenet/cvt/*.yaml) ---------------------------------
