@@ -49,12 +49,12 @@ def package_at(commit: str):
         return importlib.import_module(name)
 
 
-def build_in(pkg, model_name: str) -> torch.nn.Module:
+def build_in(pkg, model_name: str, **kwargs) -> torch.nn.Module:
     """`model_name` built by `pkg`'s own registered function (whichever family module defines it)."""
     for info in pkgutil.iter_modules(pkg.models.__path__):
         module = importlib.import_module(f'{pkg.models.__name__}.{info.name}')
         if callable(getattr(module, model_name, None)):
-            return getattr(module, model_name)()
+            return getattr(module, model_name)(**kwargs)
     raise SystemExit(f'{pkg.__name__} has no model {model_name!r}')
 
 
@@ -80,11 +80,12 @@ def main():
 
     torch.manual_seed(0)
     # before the old package takes over the registry names; as the HF twin, no stochastic depth with HF
-    current = timm.create_model(args.model, **(dict(drop_path_rate=0.0) if args.compare_hf else {}))
+    overrides = dict(drop_path_rate=0.0) if args.compare_hf else {}
+    current = timm.create_model(args.model, **overrides)
     hf = hf_twin(current).train(args.train) if args.compare_hf else None  # its weights copied into `current`
     old_pkg = package_at(args.commit)
     family = 'cvt' if args.model.startswith('cvt') else 'lg'
-    earlier = build_in(old_pkg, args.model)
+    earlier = build_in(old_pkg, args.model, **overrides)  # the same architecture, stochastic depth included
     earlier.load_state_dict(current.state_dict())
     models = {'current': current, args.commit: earlier}
     # the earlier version prepared as it was used then (see the module docstring)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import cvtlab
 from cvtlab import count_macs, count_params
-from cvtlab.models.lg import LG_VARIANTS, PAPER_NUMBERS, relative_position_index, window_attention
+from cvtlab.models.lg import LG_VARIANTS, PAPER_NUMBERS
+from cvtlab.models.windows import relative_position_index, window_attention
 
 # (params M, GMACs at 224, where from): LG-T as published (DHVT, arXiv 2210.05958, Table 15: 4.8 "GFLOPs" are
 # multiply-adds), LG-S derived in docs/lg_transformer.md Sec. 7. Ours: params within 1%, GMACs within 2%.
