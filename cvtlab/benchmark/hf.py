@@ -92,10 +92,11 @@ def compare_hf(name: str, settings: BenchSettings = BenchSettings(), model_args:
                  hf_settings.dtype),
     ]
     del model, hf
-    rows, rate = measure_subjects(subjects, s, img_size)
-    ours = finish_row(dict(model=name, **settings_fields(s), **rows[name]), macs, rate, params)
-    hf_rate = rate if hf_settings.dtype == s.dtype else matmul_rate(DTYPES[hf_settings.dtype], s.device)
-    theirs = finish_row(dict(model=hf_label, **settings_fields(hf_settings), **rows[hf_label]), macs, hf_rate, params)
+    rows, limits = measure_subjects(subjects, s, img_size)
+    ours = finish_row(dict(model=name, **settings_fields(s), **rows[name]), macs, limits, params)
+    if hf_settings.dtype != s.dtype:  # HF in another dtype: its own torch.matmul rate, measured apart
+        limits = {f'{hf_settings.dtype} torch.matmul': matmul_rate(DTYPES[hf_settings.dtype], s.device)}
+    theirs = finish_row(dict(model=hf_label, **settings_fields(hf_settings), **rows[hf_label]), macs, limits, params)
     ours['hf_max_abs_diff'] = diff
     for key, ratio in [('infer_samples_per_sec', 'infer_vs_hf'), ('train_samples_per_sec', 'train_vs_hf'),
                        ('infer_latency_ms', 'latency_vs_hf'), ('infer_peak_mem_mb', 'infer_mem_vs_hf'),

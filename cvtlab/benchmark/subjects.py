@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from ..deploy import compile_for_inference, fuse_for_inference
 from ..errors import ConfigError
-from .measure import PROBE, create_at_size, default_img_size, gmacs, latency, matmul_probe, peak_memory, \
-    time_interleaved
+from .limits import gemm_probes
+from .measure import create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -101,18 +101,17 @@ def _train_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable
 
 
 def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[int, int],
-             probe: bool = True) -> Tuple[Dict[str, dict], Optional[float]]:
-    """Every measurement for every subject, timings interleaved across subjects; with `probe`, the
-    matmul rate (GFLOP/s) from a probe step interleaved with the inference steps, else None."""
+                     probe: bool = True) -> Tuple[Dict[str, dict], Dict[str, float]]:
+    """Every measurement for every subject, timings interleaved across subjects; with `probe`, also the
+    GEMM rate (GFLOP/s) of every kernel library at hand in the run's dtype (`limits.gemm_probes`), each
+    probe one more step interleaved with the inference steps; else an empty dict."""
     device = torch.device(s.device)
     rows = {sub.label: dict(infer_batch_size=s.batch_size, infer_img_size=list(img_size)) for sub in subjects}
     x = _input(s, s.batch_size, img_size)
     steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
-    timed = dict(steps)
-    if probe:
-        timed[PROBE], probe_gflop = matmul_probe(DTYPES[s.dtype], s.device)
-    times = time_interleaved(timed, s.warmup, s.repeats, device)
-    rate = probe_gflop / statistics.median(times.pop(PROBE)) if probe else None
+    probes = gemm_probes(DTYPES[s.dtype], s.device) if probe else {}
+    times = time_interleaved({**steps, **{k: step for k, (step, _) in probes.items()}}, s.warmup, s.repeats, device)
+    limits = {k: gflop / statistics.median(times.pop(k)) for k, (_, gflop) in probes.items()}
     for label, t in times.items():
         rows[label].update(infer_step_time=1e3 * statistics.median(t),
                            infer_samples_per_sec=s.batch_size / statistics.median(t))
@@ -133,17 +132,23 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
         if s.memory:
             for label, step in train_steps.items():
                 rows[label]['train_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
-    return rows, rate
+    return rows, limits
 
 
-def finish_row(row: dict, macs: Optional[float], rate: float, params: int) -> dict:
-    """`row` with params (M), GMACs, the achieved GFLOP/s and its fraction of the matmul `rate`."""
+def finish_row(row: dict, macs: Optional[float], limits: Dict[str, float], params: int) -> dict:
+    """`row` with params (M), GMACs, the achieved GFLOP/s, and its fraction of `torch.matmul`'s rate (the
+    first of `limits`) and of the best GEMM rate of any library (the machine's limit in this dtype)."""
     row['param_count'] = round(params / 1e6, 3)
     row['infer_gmacs'] = None if macs is None else round(macs, 3)
+    rate = next(iter(limits.values()), None)
+    best = max(limits, key=limits.get) if limits else None
     if macs is not None:
         row['infer_gflops_per_sec'] = 2 * macs * row['infer_samples_per_sec']
-        row['infer_matmul_fraction'] = row['infer_gflops_per_sec'] / rate
-    row['matmul_gflops_per_sec'] = rate
+        if limits:
+            row['infer_matmul_fraction'] = row['infer_gflops_per_sec'] / rate
+            row['infer_limit_fraction'] = row['infer_gflops_per_sec'] / limits[best]
+    row.update(matmul_gflops_per_sec=rate, gemm_limits=dict(limits), limit_kernel=best,
+               limit_gflops_per_sec=limits[best] if best else None)
     return row
 
 
@@ -184,6 +189,6 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
         train = prepare(copy.deepcopy(model), s, training=True) if s.train else None
         subjects.append(Subject(name, prepare(model, s, training=False), train))
         extra[name] = (macs, params)
-    rows, rate = measure_subjects(subjects, s, img_size)
-    return [finish_row(dict(model=name, **settings_fields(s), **rows[name]), extra[name][0], rate, extra[name][1])
+    rows, limits = measure_subjects(subjects, s, img_size)
+    return [finish_row(dict(model=name, **settings_fields(s), **rows[name]), extra[name][0], limits, extra[name][1])
             for name in names]
