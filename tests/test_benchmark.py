@@ -115,3 +115,44 @@ def test_compile_fullgraph_matches_eager(monkeypatch):
         assert 'aoti_torch_cpu_mkldnn__convolution_pointwise' in ops, sorted(ops)
     assert compiled.num_classes == model.num_classes  # attributes reach the model
     torch._dynamo.reset()
+
+
+def test_cpu_info_reads_the_flags_that_decide_dtypes(tmp_path):
+    from cvtlab.benchmark.limits import cpu_info, describe_cpu, dtype_notes
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n\n'
+                       'processor\t: 1\nmodel name\t: Some CPU\nflags\t\t: fpu\n')
+    info = cpu_info(str(cpuinfo))
+    assert info['model'] == 'Some CPU' and info['flags'] == ['avx2', 'fma', 'avx512f', 'avx512_vnni']
+    assert not info['bf16'] and info['int8'] and 'avx512_bf16' in info['missing']
+    assert 'no avx512_bf16' in describe_cpu(info).replace(',', '')
+    assert 'keep fp32' in dtype_notes('bf16', info)[0] and dtype_notes('fp32', info) == []
+    assert cpu_info(str(tmp_path / 'absent'))['model'] == 'unknown CPU'  # not Linux: no crash
+
+
+def test_gemm_probes_compute_the_product_through_each_library():
+    from cvtlab.benchmark.limits import gemm_probes
+    probes = gemm_probes(torch.float32, n=64, calls=1)
+    assert any('torch.matmul' in k for k in probes)
+    if torch.backends.mkldnn.is_available():
+        assert 'fp32 oneDNN' in probes
+    assert 'fp32 onnxruntime' in probes  # onnxruntime comes with the test extras
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g)
+    for name, (step, gflop) in probes.items():
+        out = step()
+        out = out.to_dense() if getattr(out, 'is_mkldnn', False) else torch.as_tensor(out)
+        torch.testing.assert_close(out, a @ b, rtol=1e-4, atol=1e-4, msg=name)
+        assert gflop == 2 * 64 ** 3 / 1e9
+    bf16 = gemm_probes(torch.bfloat16, n=8, calls=1)
+    assert len(bf16) == 1 and next(iter(bf16)).startswith('bf16 torch.matmul')  # other dtypes: torch's kernels only
+
+
+def test_fraction_of_the_limit_is_against_the_best_library():
+    r = benchmark_model('cvt_tiny', BenchSettings(batch_size=2, train=False, latency=False, memory=False, repeats=1))
+    limits = r['gemm_limits']
+    assert len(limits) >= 2 and r['limit_kernel'] == max(limits, key=limits.get)
+    assert r['limit_gflops_per_sec'] == max(limits.values())
+    assert r['matmul_gflops_per_sec'] == next(iter(limits.values()))  # torch.matmul first
+    assert r['infer_limit_fraction'] == pytest.approx(r['infer_gflops_per_sec'] / r['limit_gflops_per_sec'])
+    assert r['infer_limit_fraction'] <= r['infer_matmul_fraction']

@@ -8,6 +8,7 @@ from typing import List
 from ..console import console
 from ..errors import ConfigError
 from .hf import compare_hf
+from .limits import cpu_info, describe_cpu, dtype_notes
 from .subjects import DTYPES, BenchSettings, benchmark_models
 from .sweep import SWEEP_MODELS, plot_sweep, sweep_resolution
 
@@ -70,11 +71,21 @@ def cmd_benchmark(args) -> int:
         rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype, hf_eager=args.hf_eager), None
     else:
         rows, plot = benchmark_models(args.models, s), None
+    cpu = cpu_info() if s.device == 'cpu' else None
     if args.json:
-        print(json.dumps(dict(settings=asdict(s), results=rows, plot=plot), indent=2))
+        print(json.dumps(dict(settings=asdict(s), cpu=cpu, results=rows, plot=plot), indent=2))
     else:
         _print_table(rows)
     summary = sys.stderr if args.json else sys.stdout  # --json keeps stdout machine-readable
+    if cpu is not None:
+        print(f'* CPU {describe_cpu(cpu)}', file=summary)
+        for note in dtype_notes(s.dtype, cpu):
+            print(f'* note: {note}', file=summary)
+    limits = next((r['gemm_limits'] for r in rows if r.get('gemm_limits')), None)
+    if limits:
+        best = max(limits, key=limits.get)
+        print('* GEMM limit in this run: ' + ', '.join(f'{k} {v:.0f}' for k, v in limits.items())
+              + f' GFLOP/s; best: {best}', file=summary)
     if plot:
         print(f'* plot written to {plot}', file=summary)
     for r in rows:
@@ -92,18 +103,21 @@ _COLUMNS = [  # (field, header, format)
     ('infer_latency_p90_ms', 'b1 p90', '.1f'), ('infer_peak_mem_mb', 'infer MiB', '.0f'),
     ('train_samples_per_sec', 'train img/s', '.2f'), ('train_peak_mem_mb', 'train MiB', '.0f'),
     ('param_count', 'params M', '.2f'), ('infer_gmacs', 'GMACs', '.2f'), ('infer_gflops_per_sec', 'GFLOP/s', '.1f'),
-    ('infer_matmul_fraction', 'of mm', '.0%'), ('pixel_rate_vs_first', 'px/s vs first', '.2f'),
+    ('infer_matmul_fraction', 'of mm', '.0%'), ('infer_limit_fraction', 'of limit', '.0%'), ('pixel_rate_vs_first', 'px/s vs first', '.2f'),
     ('infer_vs_hf', 'infer vs HF', '.2f'), ('train_vs_hf', 'train vs HF', '.2f'),
     ('train_mem_vs_hf', 'train mem vs HF', '.2f'), ('hf_max_abs_diff', 'max|Δ| HF', '.1e'), ('error', 'error', 's'),
 ]
 
 
 def _print_table(rows: List[dict]):
-    """The rows as one rich table: only the columns some row has, the run's matmul rate in the title."""
+    """The rows as one rich table: only the columns some row has; in the title the run's torch.matmul rate
+    ('of mm') and the best GEMM rate of any library ('of limit')."""
     from rich.table import Table
     columns = [c for c in _COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    rate = next((r['matmul_gflops_per_sec'] for r in rows if 'matmul_gflops_per_sec' in r), None)
-    title = 'cvtlab benchmark' + ('' if rate is None else f' (matmul rate measured in this run: {rate:.0f} GFLOP/s)')
+    rate = next((r['matmul_gflops_per_sec'] for r in rows if r.get('matmul_gflops_per_sec')), None)
+    limit = next((r['limit_gflops_per_sec'] for r in rows if r.get('limit_gflops_per_sec')), None)
+    title = 'cvtlab benchmark' + ('' if rate is None else f' (measured in this run: torch.matmul {rate:.0f} GFLOP/s, '
+                                                          f'best GEMM {limit:.0f} GFLOP/s)')
     table = Table(title=title)
     for _, header, _ in columns:
         table.add_column(header, justify='left' if header in ('model', 'error') else 'right')

@@ -65,7 +65,8 @@ def matmul_probe(dtype: torch.dtype = torch.float32, device: str = 'cpu', n: int
 
     def step():
         for _ in range(calls):
-            a @ b
+            y = a @ b
+        return y
     return step, 2 * n ** 3 * calls / 1e9
 
 
