@@ -1,4 +1,5 @@
 """The inference transform (cvtlab.deploy): equal outputs, the fast paths really taken, models left textbook."""
+import copy
 import re
 from pathlib import Path
 
@@ -218,3 +219,42 @@ def test_model_files_carry_no_speed_machinery():
         docstring_end = code.find('"""', 3) + 3 if code.startswith('"""') else 0  # the docstring may point at deploy
         hits = [line for line in code[docstring_end:].splitlines() if banned.search(line)]
         assert not hits, f'{path.name}: {hits}'
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
+@pytest.mark.parametrize('activation', [None, nn.SiLU(), nn.GELU()])
+def test_packed_linear_equals_linear_and_falls_back_when_it_must(activation):
+    from cvtlab.deploy.kernels import PackedLinear
+    linear = nn.Linear(48, 96)
+    packed = PackedLinear(linear, activation)
+    x = torch.randn(3, 7, 48)
+    with torch.no_grad():
+        ref = linear(x) if activation is None else activation(linear(x))
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-6)
+        assert packed._packed is not None and packed._packed.is_mkldnn  # the oneDNN path ran
+        copied = copy.deepcopy(packed)  # oneDNN's opaque weight copy is dropped and made again
+        torch.testing.assert_close(copied(x), ref, rtol=1e-5, atol=1e-6)
+    assert set(packed.state_dict()) == set(linear.state_dict())
+    out = packed(x.requires_grad_())  # recording gradients: F.linear, so backward works
+    out.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize('kernel', ['onednn', 'torch'])
+def test_linear_kernel_choice(kernel):
+    from cvtlab.deploy.kernels import PackedLinear
+    if kernel == 'onednn' and not torch.backends.mkldnn.is_available():
+        pytest.skip('torch built without oneDNN')
+    model = small_model('lg_nano', {}).eval()
+    fused = fuse_for_inference(model, linear_kernel=kernel)
+    packed = [m for m in fused.modules() if isinstance(m, PackedLinear)]
+    plain = [m for m in fused.modules() if type(m) is nn.Linear]
+    if kernel == 'onednn':  # every Linear, and each MLP's GELU inside its fc1
+        assert packed and not plain and all(not isinstance(m, nn.GELU) for m in fused.modules())
+    else:
+        assert plain and not packed
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match='linear_kernel'):
+        fuse_for_inference(model, linear_kernel='mkl')

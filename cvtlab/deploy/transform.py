@@ -6,7 +6,9 @@ is computed, never what it computes (outputs equal the original eval model's wit
 - CvT's QuickGELU MLP as timm's `Mlp` with SiLU on pre-scaled weights (one element-wise pass);
 - every transformer block's MLP residual, x + mlp(norm2(x)), over cache-sized blocks of tokens, and an
   LG block's attention over groups of samples (`blocks.py`);
-- the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`).
+- the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`);
+- on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
+  weights, an MLP's activation fused into its first Linear (`kernels.py`).
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
 import copy
@@ -18,6 +20,7 @@ from timm.layers import Mlp
 from ..models import cvt, lg
 from . import blocks
 from .blocks import rowwise_chunked, samplewise_chunked
+from .kernels import fastest_linear_kernel, pack_linears
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
 
@@ -122,17 +125,27 @@ def _stem(model: nn.Module) -> nn.Conv2d:
     return model.stages[0].patch_embed.proj if isinstance(model, cvt.CvT) else model.patch_embed.proj
 
 
-def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: str = 'auto') -> nn.Module:
     """An eval-only copy of `model` (or `model` itself, rebuilt, with `inplace`) computing the same outputs
     faster (within 1e-5; module docstring). Works for any timm model: cvtlab's families get the swaps above
     (whole classifiers also `SampleGroups`; feature extractors built on them keep their own forward), other
     families timm's own `reparameterize_model`. Do not train the result: BatchNorm statistics are baked in.
+
+    `linear_kernel`: 'auto' runs cvtlab's Linears on whichever of oneDNN (pre-packed weights, activation
+    fused) and `F.linear` a short probe measures faster on this machine (`kernels.fastest_linear_kernel`);
+    'onednn' or 'torch' forces one.
     """
+    if linear_kernel not in ('auto', 'onednn', 'torch'):
+        raise ValueError(f"linear_kernel must be 'auto', 'onednn' or 'torch', not {linear_kernel!r}")
     from timm.utils.model import reparameterize_model
     model = (model if inplace else copy.deepcopy(model)).eval()
     reparameterize_model(model, inplace=True)  # other timm families' own `fuse()` / `reparameterize()`
     fold_batchnorm(model)
     _swap_blocks(model)
-    if isinstance(model, (cvt.CvT, lg.LGTransformer)):
-        return SampleGroups(model, _stem(model)).eval()
-    return model
+    if not isinstance(model, (cvt.CvT, lg.LGTransformer)):
+        return model
+    if linear_kernel == 'auto':
+        linear_kernel = fastest_linear_kernel(torch.get_num_threads())
+    if linear_kernel == 'onednn':
+        pack_linears(model)
+    return SampleGroups(model, _stem(model)).eval()

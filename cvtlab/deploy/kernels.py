@@ -1,0 +1,88 @@
+"""Linear layers on the fastest GEMM kernel of this machine, chosen at run time.
+
+`torch.nn.functional.linear` runs MKL's sgemm on x86 builds; on some CPUs oneDNN runs the same GEMM with
+its weights pre-packed noticeably faster (BENCHMARKS.md, issue 16), and can apply the activation that
+follows (SiLU, GELU) in the same pass. Which one wins is measured once per process on a GEMM of a
+transformer's shape (`fastest_linear_kernel`), not assumed from the CPU's name.
+"""
+import functools
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['PackedLinear', 'fastest_linear_kernel', 'pack_linears']
+
+# activations oneDNN can apply after its GEMM: module type -> (its post-op name, algorithm, the same in torch)
+_POST_OPS = {nn.SiLU: ('swish', '', F.silu), nn.GELU: ('gelu', 'none', F.gelu)}
+
+
+@functools.lru_cache(maxsize=None)
+def fastest_linear_kernel(threads: int = 0) -> str:
+    """'onednn' or 'torch': which of oneDNN (packed weights) and `F.linear` runs an fp32 1576 x 384 -> 1536
+    Linear (a CvT-13 MLP at batch 8) faster here, median of a few calls each, taking turns. `threads` only
+    keys the cache (the answer may change with the thread count)."""
+    if not torch.backends.mkldnn.is_available():
+        return 'torch'
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1576, 384, generator=g), 0.02 * torch.randn(1536, 384, generator=g), torch.zeros(1536)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
+    calls = {'torch': lambda: F.linear(x, w, b),
+             'onednn': lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, 'none', [], '')}
+    times = {k: [] for k in calls}
+    with torch.inference_mode():
+        for _ in range(7):
+            for k, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - start)
+    return min(times, key=lambda k: statistics.median(times[k][1:]))
+
+
+class PackedLinear(nn.Module):
+    """An `nn.Linear` (optionally followed by a SiLU / GELU) for CPU inference through oneDNN with pre-packed
+    weights. The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the
+    first call and never saved. Falls back to `F.linear` (+ activation) when recording gradients, tracing
+    (ONNX export), compiling (inductor packs weights itself) or off the CPU."""
+
+    def __init__(self, linear: nn.Linear, activation: nn.Module = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.post_op, self.algorithm, self.act = ('none', '', None) if activation is None else \
+            _POST_OPS[type(activation)]
+        self._packed = None  # oneDNN's layout of `weight`: an opaque tensor, made on first use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != 'cpu' or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling()):
+            y = F.linear(x, self.weight, self.bias)
+            return y if self.act is None else self.act(y)
+        if self._packed is None:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
+        rows = x.reshape(-1, x.shape[-1])  # B ... C_in -> (B ...) C_in
+        y = torch.ops.mkldnn._linear_pointwise(rows, self._packed, self.bias, self.post_op, [], self.algorithm)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def __getstate__(self):  # deepcopy / pickle: oneDNN's opaque tensor cannot be copied; packed again on use
+        return {**self.__dict__, '_packed': None}
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}'
+
+
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Every `nn.Linear` of `model` as a `PackedLinear`, in place; an MLP's fc1 takes its SiLU / GELU along
+    (the activation module becomes an Identity)."""
+    from timm.layers import Mlp
+    for mlp in [m for m in model.modules() if isinstance(m, Mlp)]:
+        exact = getattr(mlp.act, 'approximate', 'none') == 'none'  # oneDNN's GELU post-op is the erf one
+        if type(mlp.fc1) is nn.Linear and type(mlp.act) in _POST_OPS and exact:
+            mlp.fc1, mlp.act = PackedLinear(mlp.fc1, mlp.act), nn.Identity()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                setattr(parent, name, PackedLinear(child))
+    return model
