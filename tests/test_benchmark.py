@@ -156,3 +156,17 @@ def test_fraction_of_the_limit_is_against_the_best_library():
     assert r['matmul_gflops_per_sec'] == next(iter(limits.values()))  # torch.matmul first
     assert r['infer_limit_fraction'] == pytest.approx(r['infer_gflops_per_sec'] / r['limit_gflops_per_sec'])
     assert r['infer_limit_fraction'] <= r['infer_matmul_fraction']
+
+
+def test_compare_onnxruntime_times_cvtlabs_own_export(capsys):
+    from cvtlab.benchmark import compare_peers
+    s = BenchSettings(batch_size=2, train=True, latency=False, memory=False, repeats=1)
+    ours, ort_row = compare_peers('cvt_tiny', ['onnxruntime'], s)
+    assert ort_row['model'] == 'onnxruntime' and 'train_samples_per_sec' not in ours  # inference only
+    assert ours['infer_vs_onnxruntime'] == pytest.approx(ours['infer_samples_per_sec'] / ort_row['infer_samples_per_sec'])
+    assert ours['onnxruntime_max_abs_diff'] <= 1e-4  # the same model
+    assert ours['gemm_limits'] == ort_row['gemm_limits']  # one run, one limit
+    with pytest.raises(cvtlab.CvtlabError, match='--compare takes'):
+        compare_peers('cvt_tiny', ['tensorrt'], s)
+    assert main(['benchmark', 'cvt_tiny', '-b', '2', '--repeats', '1', '--no-latency', '--compare', 'onnxruntime']) == 0
+    assert 'vs onnxruntime' in capsys.readouterr().out

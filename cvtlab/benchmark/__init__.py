@@ -1,26 +1,32 @@
 """Throughput, latency, memory and FLOP measurements for any timm-registered model (`cvtlab benchmark`).
 
 `measure` holds one function per measurement (`time_interleaved`, `latency`, `peak_memory`,
-`matmul_rate`, `gmacs`); `subjects.benchmark_model`, `hf.compare_hf` and `sweep.sweep_resolution` combine
+`matmul_rate`, `gmacs`), `limits` the machine's (CPU flags, the best GEMM rate of every library at hand);
+`subjects.benchmark_model`, `hf.compare_hf`, `peers.compare_peers` (onnxruntime on cvtlab's export, the
+compiled model) and `sweep.sweep_resolution` combine
 them and return plain dicts whose field names follow timm's `benchmark.py` (`infer_samples_per_sec`,
 `train_step_time`, `param_count`, ...). The command itself lives in `benchmark/cli.py`.
 
 Timing rules, because the machines this runs on are small and shared:
 - every model under comparison is timed in the same process, its repetitions interleaved with the
   others' (A B A B ...), and medians are reported, so ratios are fair even when absolute times drift;
-- the device's matmul rate is measured in the same run, as one more step interleaved with the models'
-  inference steps (so it sees the same contention, where a probe taken once before the run drifts with
-  the neighbours' load), and "fraction of the matmul rate" needs no other number;
+- the GEMM rates (torch.matmul, oneDNN, onnxruntime) are measured in the same run, as more steps
+  interleaved with the models' inference steps (so they see the same contention, where a probe taken once
+  before the run drifts with the neighbours' load): "fraction of the limit" (the best of them) and of
+  torch.matmul's rate need no other number;
 - CPU memory is the growth of the process RSS during one step (sampled every 0.5 ms, after handing
   freed heap back with `malloc_trim`); on CUDA it is `max_memory_allocated` above the step's start.
 """
 from .hf import compare_hf, hf_logits, hf_max_abs_diff, hf_twin
+from .limits import cpu_info, gemm_probes
 from .measure import default_img_size, gmacs, latency, matmul_probe, matmul_rate, peak_memory, time_interleaved
+from .peers import compare_peers
 from .subjects import DTYPES, BenchSettings, benchmark_model, benchmark_models
 from .sweep import SWEEP_MODELS, plot_sweep, sweep_resolution
 
 __all__ = [
-    'BenchSettings', 'DTYPES', 'SWEEP_MODELS', 'benchmark_model', 'benchmark_models', 'compare_hf', 'default_img_size',
+    'BenchSettings', 'DTYPES', 'SWEEP_MODELS', 'benchmark_model', 'benchmark_models', 'compare_hf', 'compare_peers',
+    'cpu_info', 'default_img_size', 'gemm_probes',
     'gmacs', 'hf_logits', 'hf_max_abs_diff', 'hf_twin', 'latency', 'matmul_probe', 'matmul_rate', 'peak_memory',
     'plot_sweep', 'sweep_resolution', 'time_interleaved',
 ]

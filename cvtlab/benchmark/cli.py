@@ -9,6 +9,7 @@ from ..console import console
 from ..errors import ConfigError
 from .hf import compare_hf
 from .limits import cpu_info, describe_cpu, dtype_notes
+from .peers import compare_peers
 from .subjects import DTYPES, BenchSettings, benchmark_models
 from .sweep import SWEEP_MODELS, plot_sweep, sweep_resolution
 
@@ -31,7 +32,9 @@ def add_benchmark_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=int, default=1, help='untimed calls before timing (default 1)')
     p.add_argument('--repeats', type=int, default=3, help='timed calls per model (default 3)')
     p.add_argument('--latency-repeats', type=int, default=10, help='timed batch-1 calls (default 10)')
-    p.add_argument('--compare', choices=['hf'], help='also run the same CvT in HF transformers, same weights')
+    p.add_argument('--compare', help="also time, on the same weights and input: 'hf' (the same CvT in HF transformers), "
+                                     "or any of 'onnxruntime' (cvtlab's own ONNX export), 'compile' "
+                                     "(compile_for_inference), comma-separated")
     p.add_argument('--hf-dtype', choices=sorted(DTYPES), help='with --compare hf: HF in this dtype (default: --dtype)')
     p.add_argument('--hf-eager', action='store_true', help='with --compare hf and --compile: leave HF uncompiled')
     p.add_argument('--sweep-res', help='comma-separated resolutions, e.g. 224,384,512,768,1024')
@@ -69,6 +72,10 @@ def cmd_benchmark(args) -> int:
         if len(args.models) != 1:
             raise ConfigError('--compare hf takes exactly one CvT model')
         rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype, hf_eager=args.hf_eager), None
+    elif args.compare:
+        if len(args.models) != 1:
+            raise ConfigError('--compare takes exactly one model')
+        rows, plot = compare_peers(args.models[0], [p.strip() for p in args.compare.split(',')], s), None
     else:
         rows, plot = benchmark_models(args.models, s), None
     cpu = cpu_info() if s.device == 'cpu' else None
@@ -104,7 +111,8 @@ _COLUMNS = [  # (field, header, format)
     ('train_samples_per_sec', 'train img/s', '.2f'), ('train_peak_mem_mb', 'train MiB', '.0f'),
     ('param_count', 'params M', '.2f'), ('infer_gmacs', 'GMACs', '.2f'), ('infer_gflops_per_sec', 'GFLOP/s', '.1f'),
     ('infer_matmul_fraction', 'of mm', '.0%'), ('infer_limit_fraction', 'of limit', '.0%'), ('pixel_rate_vs_first', 'px/s vs first', '.2f'),
-    ('infer_vs_hf', 'infer vs HF', '.2f'), ('train_vs_hf', 'train vs HF', '.2f'),
+    ('infer_vs_hf', 'infer vs HF', '.2f'), ('infer_vs_onnxruntime', 'vs onnxruntime', '.2f'),
+    ('infer_vs_compile', 'vs compiled', '.2f'), ('train_vs_hf', 'train vs HF', '.2f'),
     ('train_mem_vs_hf', 'train mem vs HF', '.2f'), ('hf_max_abs_diff', 'max|Δ| HF', '.1e'), ('error', 'error', 's'),
 ]
 
