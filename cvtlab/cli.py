@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate
     r = evaluate(args.checkpoint, args.data, model=args.model, pretrained=args.pretrained,
                  batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output,
-                 fuse=args.fuse)
+                 fuse=args.fuse, dtype=args.dtype)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != 'confusion'}, indent=2))
     else:
@@ -108,7 +108,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .inference import predict
     results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
-                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse)
+                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse, dtype=args.dtype)
     for e in errors:
         print(f'cvtlab: error: {e}', file=sys.stderr)
     if args.json:
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
         p.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,
                        help='run cvtlab.fuse_for_inference(model) (default; --no-fuse: the model as built)')
+        p.add_argument('--dtype', choices=['fp32', 'bf16'], default='fp32',
+                       help='bf16: weights and activations in bf16, LayerNorm in fp32 (CPUs with avx512_bf16 / AMX)')
         if name == 'eval':
             p.add_argument('--data', default='digits', help="'digits', 'cifar10', 'cifar100' or an image folder")
             p.add_argument('--data-root', default='~/.cache/cvtlab/data', help='where cifar is stored')

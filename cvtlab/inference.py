@@ -16,7 +16,7 @@ from .errors import ConfigError, DataError
 
 
 def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
-                    fuse: bool = False):
+                    fuse: bool = False, dtype: str = 'fp32'):
     """(model in eval mode, class names or None) from a checkpoint, or from a timm model name.
 
     With `fuse` the model comes back as `cvtlab.fuse_for_inference(model)` (same outputs within 1e-5,
@@ -35,9 +35,15 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
         from timm.data import ImageNetInfo
         names = ImageNetInfo().label_descriptions(as_dict=False)
     labels = list(names) if names is not None else None
+    if dtype not in ('fp32', 'bf16'):
+        raise ConfigError(f"dtype must be 'fp32' or 'bf16', not {dtype!r}")
+    if dtype == 'bf16' and not fuse:
+        raise ConfigError('bf16 inference goes through the inference transform: drop --no-fuse')
     if fuse:
+        import torch
         from .deploy import fuse_for_inference
-        return fuse_for_inference(net, inplace=True), labels
+        torch_dtype = torch.bfloat16 if dtype == 'bf16' else torch.float32
+        return fuse_for_inference(net, inplace=True, dtype=torch_dtype), labels
     return net.eval(), labels
 
 
@@ -57,13 +63,14 @@ def _eval_split(data: str, transform, data_root: str, download: bool):
 
 def evaluate(checkpoint: Optional[str] = None, data: str = 'digits', model: Optional[str] = None,
              pretrained: bool = False, batch_size: int = 64, data_root: str = '~/.cache/cvtlab/data',
-             download: bool = True, output: Optional[str] = None, fuse: bool = True) -> dict:
+             download: bool = True, output: Optional[str] = None, fuse: bool = True, dtype: str = 'fp32') -> dict:
     """Top-1 / top-5, per-class accuracy and the confusion matrix (PNG and JSON written to `output`).
 
-    `fuse`: run `cvtlab.fuse_for_inference(model)` (the default), else the model as built.
+    `fuse`: run `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` 'bf16':
+    in bf16 (CPUs with bf16 instructions; elsewhere fp32, with a warning).
     """
     from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse)
+    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype)
     transform = create_transform(**resolve_data_config(net), is_training=False)
     dataset, classes = _eval_split(data, transform, data_root, download)
     if net.num_classes != len(classes):
@@ -105,14 +112,14 @@ def expand_images(inputs: Iterable[str]) -> List[Path]:
 
 def predict(images: Sequence[str], checkpoint: Optional[str] = None, model: Optional[str] = None,
             pretrained: bool = False, top_k: int = 5, batch_size: int = 32,
-            fuse: bool = True) -> Tuple[List[dict], List[str]]:
+            fuse: bool = True, dtype: str = 'fp32') -> Tuple[List[dict], List[str]]:
     """Top-k labels with probabilities per image, with the model's own preprocessing.
 
     Returns (results, errors): unreadable images are reported, not fatal for the others. `fuse`: run
-    `cvtlab.fuse_for_inference(model)` (the default), else the model as built.
+    `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` as in `evaluate`.
     """
     from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse)
+    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype)
     transform = create_transform(**resolve_data_config(net), is_training=False)
     results, errors, batch, paths = [], [], [], []
 

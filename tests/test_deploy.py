@@ -258,3 +258,27 @@ def test_linear_kernel_choice(kernel):
         torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match='linear_kernel'):
         fuse_for_inference(model, linear_kernel='mkl')
+
+
+@pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
+def test_bf16_transform_keeps_layernorm_in_fp32_and_says_when_it_cannot(name, monkeypatch, caplog):
+    import cvtlab.deploy.transform as transform
+    model = small_model(name, {}).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        ref = model(x)
+    monkeypatch.setattr(transform, 'bf16_supported', lambda: True)  # any CPU runs bf16, if slowly without it
+    fused = fuse_for_inference(model, dtype=torch.bfloat16)
+    norms = [m for m in fused.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(type(m).__name__ == 'LayerNormFp32' and m.weight.dtype == torch.float32 for m in norms)
+    norm_params = {id(p) for m in norms for p in m.parameters()}
+    assert all(p.dtype == torch.bfloat16 for p in fused.parameters() if id(p) not in norm_params)
+    with torch.no_grad():
+        out = fused(x)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05 * ref.abs().max()  # bf16 rounding
+    monkeypatch.setattr(transform, 'bf16_supported', lambda: False)
+    with caplog.at_level('WARNING', logger='cvtlab'):
+        kept = fuse_for_inference(model, dtype=torch.bfloat16)
+    assert 'keeping fp32' in caplog.text and all(p.dtype == torch.float32 for p in kept.parameters())
+    with pytest.raises(ValueError, match='dtype'):
+        fuse_for_inference(model, dtype=torch.float16)

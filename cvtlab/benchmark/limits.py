@@ -47,21 +47,16 @@ def _operands(n: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
 
 
-def onednn_probe(n: int, calls: int) -> Probe:
-    """fp32 GEMM through oneDNN: an `nn.Linear` converted by `torch.utils.mkldnn` (weights in oneDNN's
-    layout), on an input already in oneDNN's layout, as a model converted that way runs."""
-    from torch.utils import mkldnn
-    a, b = _operands(n, torch.float32)
-    linear = torch.nn.Linear(n, n, bias=False)
-    linear.weight.data = b.t().contiguous()
-    linear = mkldnn.to_mkldnn(linear.eval())
-    x = a.to_mkldnn()
+def onednn_probe(n: int, calls: int, dtype: torch.dtype = torch.float32) -> Probe:
+    """A GEMM through oneDNN with its weight pre-packed, as `cvtlab.deploy.kernels.PackedLinear` runs one."""
+    a, b = _operands(n, dtype)
+    packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)  # a Linear's weight: out x in
 
     def step():
         with torch.no_grad():
             for _ in range(calls):
-                y = linear(x)
-        return y  # in oneDNN's layout
+                y = torch.ops.mkldnn._linear_pointwise(a, packed, None, 'none', [], '')
+        return y
     return step, 2 * n ** 3 * calls / 1e9
 
 
@@ -90,14 +85,17 @@ def onnxruntime_probe(n: int, calls: int) -> Probe:
 
 def gemm_probes(dtype: torch.dtype, device: str = 'cpu', n: int = 1536, calls: int = 4) -> Dict[str, Probe]:
     """Every GEMM this machine can run in `dtype`, by library: {'fp32 torch.matmul (MKL)': (step, GFLOP), ...}.
-    On CPU, fp32 also through oneDNN and onnxruntime (when installed); other dtypes and GPUs: torch.matmul."""
+    On CPU, fp32 and bf16 also through oneDNN, fp32 through onnxruntime (when installed); otherwise
+    torch.matmul only."""
     name = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(dtype, str(dtype))
     blas = ' (MKL)' if device == 'cpu' and torch.backends.mkl.is_available() else ''
     probes = {f'{name} torch.matmul{blas}': matmul_probe(dtype, device, n, calls)}
-    if device != 'cpu' or dtype != torch.float32:
+    if device != 'cpu' or dtype not in (torch.float32, torch.bfloat16):
         return probes
     if torch.backends.mkldnn.is_available():
-        probes['fp32 oneDNN'] = onednn_probe(n, calls)
+        probes[f'{name} oneDNN'] = onednn_probe(n, calls, dtype)
+    if dtype != torch.float32:
+        return probes
     try:
         probes['fp32 onnxruntime'] = onnxruntime_probe(n, calls)
     except ImportError:  # the `export` extra is not installed

@@ -63,7 +63,11 @@ def prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
         return torch.compile(model, dynamic=False) if s.compile else model
     if s.compile:
         return compile_for_inference(model, inplace=True, fuse=s.fuse, dynamic=False)
-    return fuse_for_inference(model, inplace=True) if s.fuse else model
+    if not s.fuse:
+        return model
+    # bf16 through the transform (bf16 weights, LayerNorm in fp32) rather than autocast over fp32 weights
+    bf16 = s.dtype == 'bf16' and s.device == 'cpu'
+    return fuse_for_inference(model, inplace=True, dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
 def _input(s: BenchSettings, batch_size: int, img_size: Tuple[int, int]) -> torch.Tensor:
@@ -79,8 +83,11 @@ def _autocast(s: BenchSettings, subject: Subject):
 
 
 def _infer_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+    # a model the transform made bf16 casts its input itself; autocast would only add casts
+    own_dtype = getattr(subject.infer, 'dtype', None) == torch.bfloat16
+
     def step():
-        with torch.inference_mode(), _autocast(s, subject):
+        with torch.inference_mode(), (nullcontext() if own_dtype else _autocast(s, subject)):
             return subject.call(subject.infer, x)
     return step
 

@@ -43,7 +43,7 @@ def fastest_linear_kernel(threads: int = 0) -> str:
 
 class PackedLinear(nn.Module):
     """An `nn.Linear` (optionally followed by a SiLU / GELU) for CPU inference through oneDNN with pre-packed
-    weights. The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the
+    weights, in fp32 or bf16 (the weights' dtype; inputs of another dtype or under autocast take `F.linear`). The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the
     first call and never saved. Falls back to `F.linear` (+ activation) when recording gradients, tracing
     (ONNX export), compiling (inductor packs weights itself) or off the CPU."""
 
@@ -56,11 +56,11 @@ class PackedLinear(nn.Module):
         self._packed = None  # oneDNN's layout of `weight`: an opaque tensor, made on first use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != 'cpu' or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling()):
+        if (x.device.type != 'cpu' or x.dtype != self.weight.dtype or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu')):
             y = F.linear(x, self.weight, self.bias)
             return y if self.act is None else self.act(y)
-        if self._packed is None:
+        if self._packed is None or self._packed.dtype != self.weight.dtype:  # fp32 or bf16 weights
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
         rows = x.reshape(-1, x.shape[-1])  # B ... C_in -> (B ...) C_in
         y = torch.ops.mkldnn._linear_pointwise(rows, self._packed, self.bias, self.post_op, [], self.algorithm)

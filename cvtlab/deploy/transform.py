@@ -12,17 +12,22 @@ is computed, never what it computes (outputs equal the original eval model's wit
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
 import copy
+import logging
+
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from timm.layers import Mlp
 
+from ..layers import LayerNormFp32
 from ..models import cvt, lg
 from . import blocks
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, pack_linears
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
+
+_logger = logging.getLogger('cvtlab')
 
 
 class InferenceBlock(nn.Module):
@@ -61,17 +66,20 @@ class SampleGroups(nn.Module):
     of one image) fits `CHUNK_BYTES_FEATURES`: every stage's maps of a few images stay in cache where a
     whole batch's would not. Attributes not found here are looked up on `model`."""
 
-    def __init__(self, model: nn.Module, stem: nn.Conv2d):
+    def __init__(self, model: nn.Module, stem: nn.Conv2d, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = model
         self.stem_stride, self.stem_channels = stem.stride, stem.out_channels  # not the module: no second registration
+        self.dtype = dtype  # of the weights: inputs are cast to it, outputs come back in fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return samplewise_chunked(self.model, x, self._first_map_bytes(x), blocks.CHUNK_BYTES_FEATURES)
+        x = x.to(self.dtype)
+        return samplewise_chunked(self.model, x, self._first_map_bytes(x), blocks.CHUNK_BYTES_FEATURES).float()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
         return samplewise_chunked(self.model.forward_features, x, self._first_map_bytes(x),
-                                  blocks.CHUNK_BYTES_FEATURES)
+                                  blocks.CHUNK_BYTES_FEATURES).float()
 
     def _first_map_bytes(self, x: torch.Tensor) -> int:
         (sh, sw), (H, W) = self.stem_stride, x.shape[-2:]
@@ -125,7 +133,27 @@ def _stem(model: nn.Module) -> nn.Conv2d:
     return model.stages[0].patch_embed.proj if isinstance(model, cvt.CvT) else model.patch_embed.proj
 
 
-def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: str = 'auto') -> nn.Module:
+def to_bf16(model: nn.Module) -> nn.Module:
+    """Weights in bf16, in place, except the LayerNorms': every LayerNorm computes in fp32 (`LayerNormFp32`,
+    same parameters) and returns bf16. Attention's softmax accumulates in fp32 inside SDPA's CPU kernel."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.LayerNorm:
+                fp32 = LayerNormFp32(child.normalized_shape, child.eps, child.elementwise_affine)
+                fp32.load_state_dict(child.state_dict())
+                setattr(parent, name, fp32)
+    norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    for p in model.parameters():
+        if id(p) not in norms:
+            p.data = p.data.to(torch.bfloat16)
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.to(torch.bfloat16)
+    return model
+
+
+def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: str = 'auto',
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
     """An eval-only copy of `model` (or `model` itself, rebuilt, with `inplace`) computing the same outputs
     faster (within 1e-5; module docstring). Works for any timm model: cvtlab's families get the swaps above
     (whole classifiers also `SampleGroups`; feature extractors built on them keep their own forward), other
@@ -134,6 +162,10 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     `linear_kernel`: 'auto' runs cvtlab's Linears on whichever of oneDNN (pre-packed weights, activation
     fused) and `F.linear` a short probe measures faster on this machine (`kernels.fastest_linear_kernel`);
     'onednn' or 'torch' forces one.
+
+    `dtype=torch.bfloat16` (cvtlab's families): bf16 weights and activations, LayerNorm in fp32, inputs cast
+    and logits returned in fp32; outputs then differ from fp32 by bf16 rounding (~1e-2), not 1e-5. On a CPU
+    without bf16 instructions (avx512_bf16 / AMX) it warns and keeps fp32, which is faster there.
     """
     if linear_kernel not in ('auto', 'onednn', 'torch'):
         raise ValueError(f"linear_kernel must be 'auto', 'onednn' or 'torch', not {linear_kernel!r}")
@@ -148,4 +180,17 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
         linear_kernel = fastest_linear_kernel(torch.get_num_threads())
     if linear_kernel == 'onednn':
         pack_linears(model)
-    return SampleGroups(model, _stem(model)).eval()
+    if dtype == torch.bfloat16 and not bf16_supported():
+        _logger.warning('this CPU has no bf16 instructions (avx512_bf16 / AMX): keeping fp32, which is faster here')
+        dtype = torch.float32
+    if dtype == torch.bfloat16:
+        to_bf16(model)
+    elif dtype != torch.float32:
+        raise ValueError(f'dtype must be torch.float32 or torch.bfloat16, not {dtype}')
+    return SampleGroups(model, _stem(model), dtype).eval()
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bf16 instructions (read from /proc/cpuinfo where it exists)."""
+    from ..benchmark.limits import cpu_info
+    return cpu_info()['bf16']
