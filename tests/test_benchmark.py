@@ -150,13 +150,17 @@ def test_gemm_probes_compute_the_product_through_each_library():
 
 
 def test_fraction_of_the_limit_is_against_the_best_library():
-    r = benchmark_model('cvt_tiny', BenchSettings(batch_size=2, train=False, latency=False, memory=False, repeats=1))
+    r = benchmark_model('cvt_tiny', BenchSettings(batch_size=2, train=True, latency=False, memory=False, repeats=1))
     limits = r['gemm_limits']
     assert len(limits) >= 2 and r['limit_kernel'] == max(limits, key=limits.get)
     assert r['limit_gflops_per_sec'] == max(limits.values())
     assert r['matmul_gflops_per_sec'] == next(iter(limits.values()))  # torch.matmul first
     assert r['infer_limit_fraction'] == pytest.approx(r['infer_gflops_per_sec'] / r['limit_gflops_per_sec'])
     assert r['infer_limit_fraction'] <= r['infer_matmul_fraction']
+    # a training step counts 3x the forward's FLOPs per image
+    per_image = r['infer_gflops_per_sec'] / r['infer_samples_per_sec']  # forward GFLOP of one image
+    assert r['train_gflops_per_sec'] == pytest.approx(3 * per_image * r['train_samples_per_sec'])
+    assert r['train_limit_fraction'] == pytest.approx(r['train_gflops_per_sec'] / r['limit_gflops_per_sec'])
 
 
 def test_compare_onnxruntime_times_cvtlabs_own_export(capsys):

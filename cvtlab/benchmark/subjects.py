@@ -144,7 +144,8 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
 
 def finish_row(row: dict, macs: Optional[float], limits: Dict[str, float], params: int) -> dict:
     """`row` with params (M), GMACs, the achieved GFLOP/s, and its fraction of `torch.matmul`'s rate (the
-    first of `limits`) and of the best GEMM rate of any library (the machine's limit in this dtype)."""
+    first of `limits`) and of the best GEMM rate of any library (the machine's limit in this dtype); for a
+    training step (counted as 3x the forward's FLOPs) its fraction of that limit too."""
     row['param_count'] = round(params / 1e6, 3)
     row['infer_gmacs'] = None if macs is None else round(macs, 3)
     rate = next(iter(limits.values()), None)
@@ -154,6 +155,10 @@ def finish_row(row: dict, macs: Optional[float], limits: Dict[str, float], param
         if limits:
             row['infer_matmul_fraction'] = row['infer_gflops_per_sec'] / rate
             row['infer_limit_fraction'] = row['infer_gflops_per_sec'] / limits[best]
+        if row.get('train_samples_per_sec'):  # forward + backward: the usual 3x the forward's FLOPs
+            row['train_gflops_per_sec'] = 3 * 2 * macs * row['train_samples_per_sec']
+            if limits:
+                row['train_limit_fraction'] = row['train_gflops_per_sec'] / limits[best]
     row.update(matmul_gflops_per_sec=rate, gemm_limits=dict(limits), limit_kernel=best,
                limit_gflops_per_sec=limits[best] if best else None)
     return row
