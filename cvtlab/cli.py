@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate
     r = evaluate(args.checkpoint, args.data, model=args.model, pretrained=args.pretrained,
                  batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output,
-                 fuse=args.fuse, dtype=args.dtype)
+                 fuse=args.fuse, dtype=args.dtype, backend=args.backend)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != 'confusion'}, indent=2))
     else:
@@ -100,15 +100,17 @@ def cmd_eval(args) -> int:
         console.print(table)
         if r.get('files'):
             print('wrote ' + ', '.join(r['files']))
-    print(f"* Acc@1 {r['top1']:.3f} Acc@5 {r['top5']:.3f} loss {r['loss']:.3f}", file=sys.stderr if args.json else
-          sys.stdout)
+    backend = f" ({r['backend']})" if args.backend != 'torch' else ''
+    print(f"* Acc@1 {r['top1']:.3f} Acc@5 {r['top5']:.3f} loss {r['loss']:.3f}{backend}",
+          file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cmd_predict(args) -> int:
     from .inference import predict
     results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
-                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse, dtype=args.dtype)
+                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse, dtype=args.dtype,
+                              backend=args.backend)
     for e in errors:
         print(f'cvtlab: error: {e}', file=sys.stderr)
     if args.json:
@@ -121,7 +123,8 @@ def cmd_predict(args) -> int:
             for rank, t in enumerate(r['top']):
                 table.add_row(r['image'] if rank == 0 else '', t['label'], f"{t['prob']:.3f}")
         console.print(table)
-    print(f'* {len(results)} images predicted, {len(errors)} unreadable', file=sys.stderr)
+    backend = f" ({results[0]['backend']})" if results and args.backend != 'torch' else ''
+    print(f'* {len(results)} images predicted, {len(errors)} unreadable{backend}', file=sys.stderr)
     return 2 if errors else 0
 
 
@@ -222,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='run cvtlab.fuse_for_inference(model) (default; --no-fuse: the model as built)')
         p.add_argument('--dtype', choices=['fp32', 'bf16'], default='fp32',
                        help='bf16: weights and activations in bf16, LayerNorm in fp32 (CPUs with avx512_bf16 / AMX)')
+        p.add_argument('--backend', choices=['torch', 'onnxruntime', 'auto'], default='torch',
+                       help="torch (default), onnxruntime (cvtlab's own ONNX export), or auto: whichever a short "
+                            "probe measures faster here (says which)")
         if name == 'eval':
             p.add_argument('--data', default='digits', help="'digits', 'cifar10', 'cifar100' or an image folder")
             p.add_argument('--data-root', default='~/.cache/cvtlab/data', help='where cifar is stored')

@@ -16,12 +16,14 @@ from .errors import ConfigError, DataError
 
 
 def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
-                    fuse: bool = False, dtype: str = 'fp32'):
+                    fuse: bool = False, dtype: str = 'fp32', backend: str = 'torch', batch_size: int = 32):
     """(model in eval mode, class names or None) from a checkpoint, or from a timm model name.
 
     With `fuse` the model comes back as `cvtlab.fuse_for_inference(model)` (same outputs within 1e-5,
     faster on CPU, eval only), as `evaluate` and `predict` ask by default; without it, the model as built
-    (what `explain` needs: its hooks read the model's own modules).
+    (what `explain` needs: its hooks read the model's own modules). `backend` 'onnxruntime' runs cvtlab's
+    ONNX export of that model in onnxruntime, 'auto' whichever a short probe at `batch_size` measures faster;
+    the model then carries `backend` (what runs, and for 'auto' why).
     """
     from .registry import create_model, load_model
     if (checkpoint is None) == (model is None):
@@ -39,12 +41,17 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
         raise ConfigError(f"dtype must be 'fp32' or 'bf16', not {dtype!r}")
     if dtype == 'bf16' and not fuse:
         raise ConfigError('bf16 inference goes through the inference transform: drop --no-fuse')
+    if dtype == 'bf16' and backend == 'onnxruntime':
+        raise ConfigError('the onnxruntime backend runs fp32: drop --dtype bf16, or use --backend torch')
     if fuse:
         import torch
         from .deploy import fuse_for_inference
         torch_dtype = torch.bfloat16 if dtype == 'bf16' else torch.float32
-        return fuse_for_inference(net, inplace=True, dtype=torch_dtype), labels
-    return net.eval(), labels
+        net = fuse_for_inference(net, inplace=True, dtype=torch_dtype)
+    from .deploy.backends import choose_backend
+    net, note = choose_backend(net.eval(), backend, batch_size)
+    net.backend = note
+    return net, labels
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):
@@ -63,14 +70,15 @@ def _eval_split(data: str, transform, data_root: str, download: bool):
 
 def evaluate(checkpoint: Optional[str] = None, data: str = 'digits', model: Optional[str] = None,
              pretrained: bool = False, batch_size: int = 64, data_root: str = '~/.cache/cvtlab/data',
-             download: bool = True, output: Optional[str] = None, fuse: bool = True, dtype: str = 'fp32') -> dict:
+             download: bool = True, output: Optional[str] = None, fuse: bool = True, dtype: str = 'fp32',
+             backend: str = 'torch') -> dict:
     """Top-1 / top-5, per-class accuracy and the confusion matrix (PNG and JSON written to `output`).
 
     `fuse`: run `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` 'bf16':
-    in bf16 (CPUs with bf16 instructions; elsewhere fp32, with a warning).
+    in bf16 (CPUs with bf16 instructions; elsewhere fp32, with a warning); `backend` as in `load_classifier`.
     """
     from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype)
+    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype, backend, batch_size)
     transform = create_transform(**resolve_data_config(net), is_training=False)
     dataset, classes = _eval_split(data, transform, data_root, download)
     if net.num_classes != len(classes):
@@ -79,7 +87,8 @@ def evaluate(checkpoint: Optional[str] = None, data: str = 'digits', model: Opti
         raise DataError(f'the data classes {classes[:4]}... differ from the checkpoint classes {list(names)[:4]}...')
     metrics = evaluate_loader(net, eval_loader(dataset, batch_size), torch.device('cpu'), len(classes))
     confusion = metrics.pop('confusion')
-    result = dict(checkpoint=str(checkpoint) if checkpoint else None, model=model, data=data, **metrics,
+    result = dict(checkpoint=str(checkpoint) if checkpoint else None, model=model, data=data, backend=net.backend,
+                  **metrics,
                   classes=classes, confusion=confusion.tolist())
     if output is not None:
         from .plots import plot_confusion
@@ -112,14 +121,15 @@ def expand_images(inputs: Iterable[str]) -> List[Path]:
 
 def predict(images: Sequence[str], checkpoint: Optional[str] = None, model: Optional[str] = None,
             pretrained: bool = False, top_k: int = 5, batch_size: int = 32,
-            fuse: bool = True, dtype: str = 'fp32') -> Tuple[List[dict], List[str]]:
+            fuse: bool = True, dtype: str = 'fp32', backend: str = 'torch') -> Tuple[List[dict], List[str]]:
     """Top-k labels with probabilities per image, with the model's own preprocessing.
 
     Returns (results, errors): unreadable images are reported, not fatal for the others. `fuse`: run
-    `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` as in `evaluate`.
+    `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` as in `evaluate`;
+    `backend` as in `load_classifier` (each result names the backend that produced it).
     """
     from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype)
+    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype, backend, batch_size)
     transform = create_transform(**resolve_data_config(net), is_training=False)
     results, errors, batch, paths = [], [], [], []
 
@@ -130,7 +140,7 @@ def predict(images: Sequence[str], checkpoint: Optional[str] = None, model: Opti
         for path, p, i in zip(paths, probs.tolist(), idx.tolist()):
             labels = [names[j] if names is not None else str(j) for j in i]
             results.append(dict(image=str(path), top=[dict(label=lb, index=j, prob=pr)
-                                                      for lb, j, pr in zip(labels, i, p)]))
+                                                      for lb, j, pr in zip(labels, i, p)], backend=net.backend))
         batch.clear()
         paths.clear()
 

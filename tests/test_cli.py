@@ -125,3 +125,26 @@ def test_no_import_cycles_and_only_the_cli_imports_it():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_predict_on_onnxruntime_and_auto_say_which_and_agree(tmp_path, capsys):
+    from PIL import Image
+    rng = torch.Generator().manual_seed(1)
+    for i in range(3):
+        pixels = torch.randint(0, 256, (36, 44, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f'{i}.png')
+    torch.manual_seed(0)
+    ref, _ = cvtlab.predict([str(tmp_path)], model='cvt_tiny', top_k=3)
+    for backend in ('onnxruntime', 'auto'):
+        torch.manual_seed(0)  # the same random weights
+        got, errors = cvtlab.predict([str(tmp_path)], model='cvt_tiny', top_k=3, backend=backend)
+        assert not errors and all(r['backend'].split(' ')[0] in ('torch', 'onnxruntime') for r in got)
+        assert backend == 'auto' or got[0]['backend'] == 'onnxruntime'
+        assert 'auto:' in got[0]['backend'] or backend != 'auto'  # auto says why
+        for g, r in zip(got, ref):
+            assert [t['index'] for t in g['top']] == [t['index'] for t in r['top']]
+            assert [t['prob'] for t in g['top']] == pytest.approx([t['prob'] for t in r['top']], abs=1e-5)
+    assert main(['predict', str(tmp_path), '--model', 'cvt_tiny', '--backend', 'onnxruntime']) == 0
+    assert '(onnxruntime)' in capsys.readouterr().err
+    assert main(['predict', str(tmp_path), '--model', 'cvt_tiny', '--backend', 'onnxruntime', '--dtype', 'bf16']) == 2
+    assert 'runs fp32' in capsys.readouterr().err
