@@ -11,16 +11,19 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .wrapper import Wrapper
 
 __all__ = ['BACKENDS', 'OnnxRuntimeModel', 'choose_backend']
 BACKENDS = ('torch', 'onnxruntime', 'auto')
 _logger = logging.getLogger('cvtlab')
 
 
-class OnnxRuntimeModel(nn.Module):
+class OnnxRuntimeModel(Wrapper):
     """A model's logits from onnxruntime running cvtlab's export of it (`cvtlab.export.export_onnx`, checked
     against PyTorch at two sizes), called like the model on B 3 H W fp32 tensors. Attributes not found here
     (`num_classes`, `pretrained_cfg`, ...) are looked up on the PyTorch model."""
+
+    wrapped = 'torch_model'
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -40,14 +43,6 @@ class OnnxRuntimeModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {'image': x.float().contiguous().numpy()})[0])
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == 'torch_model':
-                raise
-            return getattr(self.torch_model, name)
 
 
 def _median_time(fn, x: torch.Tensor, calls: int) -> float:

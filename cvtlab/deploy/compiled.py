@@ -5,11 +5,12 @@ import torch
 import torch.nn as nn
 
 from .transform import InferenceBlock, fuse_for_inference
+from .wrapper import Wrapper
 
 __all__ = ['compile_for_inference', 'FrozenCompiled']
 
 
-class FrozenCompiled(nn.Module):
+class FrozenCompiled(Wrapper):
     """`torch.compile(model)` whose graphs are compiled with inductor freezing when called without
     gradients: the weights become constants, so on CPU the Linears run as pre-packed MKL GEMMs and the
     convs as oneDNN convs with fused bias.
@@ -30,6 +31,8 @@ class FrozenCompiled(nn.Module):
     state_dict keys carry the `_orig_mod.` prefix that `torch.compile` gives them too.
     """
 
+    wrapped = '_orig_mod'
+
     def __init__(self, model: nn.Module, **compile_kwargs):
         super().__init__()
         self._orig_mod = model
@@ -41,14 +44,6 @@ class FrozenCompiled(nn.Module):
         cpp_wrapper = on_cpu and not torch.is_grad_enabled()  # inference graphs only, as freezing
         with torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
             return self._compiled_forward(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == '_orig_mod':
-                raise
-            return getattr(self._orig_mod, name)
 
 
 def compile_for_inference(model: nn.Module, inplace: bool = False, fuse: bool = True, **compile_kwargs) -> nn.Module:

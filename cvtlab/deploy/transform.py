@@ -24,6 +24,7 @@ from ..models import cvt, lg
 from . import blocks
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, pack_linears
+from .wrapper import Wrapper
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
 
@@ -61,7 +62,7 @@ class InferenceBlock(nn.Module):
         return super().train(False)
 
 
-class SampleGroups(nn.Module):
+class SampleGroups(Wrapper):
     """`model` (eval only) run over groups of samples whose first-stage map (the output of the stem conv
     of one image) fits `CHUNK_BYTES_FEATURES`: every stage's maps of a few images stay in cache where a
     whole batch's would not. Attributes not found here are looked up on `model`."""
@@ -84,14 +85,6 @@ class SampleGroups(nn.Module):
     def _first_map_bytes(self, x: torch.Tensor) -> int:
         (sh, sw), (H, W) = self.stem_stride, x.shape[-2:]
         return (H // sh) * (W // sw) * self.stem_channels * x.element_size()
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == 'model':
-                raise
-            return getattr(self.model, name)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
