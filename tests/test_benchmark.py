@@ -23,6 +23,15 @@ FIELDS = ['infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer
           'matmul_gflops_per_sec']
 
 
+
+@pytest.fixture(autouse=True)
+def small_gemm_probes(monkeypatch):
+    """In-process runs probe the GEMM limits on 256^3 products once (the real size costs ~0.5 s per run);
+    what these tests check is the bookkeeping, not the rates."""
+    import cvtlab.benchmark.subjects as subjects
+    real = subjects.gemm_probes
+    monkeypatch.setattr(subjects, 'gemm_probes', lambda dtype, device='cpu': real(dtype, device, n=256, calls=1))
+
 def test_benchmark_model_returns_every_field():
     row = benchmark_model('cvt_tiny', TINY)
     for field in FIELDS:
@@ -146,6 +155,8 @@ def test_gemm_probes_compute_the_product_through_each_library():
         assert gflop == 2 * 64 ** 3 / 1e9
     bf16 = gemm_probes(torch.bfloat16, n=8, calls=1)
     assert next(iter(bf16)).startswith('bf16 torch.matmul') and 'fp32 onnxruntime' not in bf16
+    from cvtlab.deploy.kernels import onednn_supports
+    assert ('bf16 oneDNN' in bf16) == onednn_supports(torch.bfloat16)  # only where oneDNN has bf16 GEMMs
     assert list(gemm_probes(torch.float16, n=8, calls=1)) == [next(iter(gemm_probes(torch.float16, n=8, calls=1)))]
 
 

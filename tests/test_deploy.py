@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import cvtlab
 from cvtlab.deploy import blocks, fuse_for_inference
@@ -121,7 +122,7 @@ def test_rowwise_chunked_equals_one_call_and_stays_whole_when_it_must(monkeypatc
         torch.jit.trace(Chunked(), x, check_trace=False)
         assert sizes == [1, 3]  # whole: batch 1, then the traced batch of 3
     sizes.clear()
-    blocks.rowwise_chunked(fn, x, 32).sum().backward()  # recording gradients: no blocks (no gain measured)
+    blocks.rowwise_chunked(fn, x.requires_grad_(), 32).sum().backward()  # recording gradients: whole
     assert sizes == [3]
 
 
@@ -166,10 +167,22 @@ def test_other_timm_models_keep_their_outputs(name):
             isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
-def test_fused_models_refuse_training():
-    fused = fuse_for_inference(timm.create_model('cvt_tiny'))
+def test_fused_models_refuse_training_and_need_no_no_grad(monkeypatch):
+    model = timm.create_model('cvt_tiny').eval()
+    fused = fuse_for_inference(model)
     with pytest.raises(RuntimeError, match='inference only'):
         fused.train()
+    assert not any(p.requires_grad for p in fused.parameters())
+    monkeypatch.setattr(blocks, 'CHUNK_BYTES_INFERENCE', 64 * 64 * 4)
+    sizes = []
+    rowwise = blocks.rowwise_chunked
+    import cvtlab.deploy.transform as transform
+    monkeypatch.setattr(transform, 'rowwise_chunked', lambda fn, x, *a: rowwise(
+        lambda t: sizes.append(t.shape[0]) or fn(t), x, *a))
+    x = torch.randn(4, 3, 64, 64)
+    out = fused(x)  # autograd on, but nothing requires a gradient: the fast paths still run
+    assert not out.requires_grad and max(sizes) < x.shape[0] * 16 * 16
+    torch.testing.assert_close(out, model(x).detach(), rtol=0, atol=1e-5)
 
 
 def _captured_linears(compile_fn, x):
@@ -231,10 +244,18 @@ def test_packed_linear_equals_linear_and_falls_back_when_it_must(activation):
     with torch.no_grad():
         ref = linear(x) if activation is None else activation(linear(x))
         torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-6)
-        assert packed._packed is not None and packed._packed.is_mkldnn  # the oneDNN path ran
+        assert packed._packed[0] is not None and packed._packed[0].is_mkldnn  # the oneDNN path ran
         copied = copy.deepcopy(packed)  # oneDNN's opaque weight copy is dropped and made again
         torch.testing.assert_close(copied(x), ref, rtol=1e-5, atol=1e-6)
     assert set(packed.state_dict()) == set(linear.state_dict())
+    other = nn.Linear(48, 96)
+    packed.load_state_dict(other.state_dict())  # new weights in the same tensors: packed again
+    with torch.no_grad():
+        ref = other(x) if activation is None else activation(other(x))
+        torch.testing.assert_close(packed(x), ref, rtol=1e-5, atol=1e-6)
+        packed.weight.mul_(2)  # an in-place edit too
+        ref = F.linear(x, packed.weight, packed.bias)
+        torch.testing.assert_close(packed(x), ref if activation is None else activation(ref), rtol=1e-5, atol=1e-6)
     out = packed(x.requires_grad_())  # recording gradients: F.linear, so backward works
     out.sum().backward()
     assert x.grad is not None
@@ -268,7 +289,7 @@ def test_bf16_transform_keeps_layernorm_in_fp32_and_says_when_it_cannot(name, mo
     with torch.no_grad():
         ref = model(x)
     monkeypatch.setattr(transform, 'bf16_supported', lambda: True)  # any CPU runs bf16, if slowly without it
-    fused = fuse_for_inference(model, dtype=torch.bfloat16)
+    fused = fuse_for_inference(model, dtype=torch.bfloat16)  # oneDNN where it has bf16 GEMMs, else F.linear
     norms = [m for m in fused.modules() if isinstance(m, nn.LayerNorm)]
     assert norms and all(type(m).__name__ == 'LayerNormFp32' and m.weight.dtype == torch.float32 for m in norms)
     norm_params = {id(p) for m in norms for p in m.parameters()}

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
+from ..deploy.kernels import onednn_supports
 from .measure import matmul_probe
 
 # instruction sets that decide which dtypes run on native kernels
@@ -92,7 +93,7 @@ def gemm_probes(dtype: torch.dtype, device: str = 'cpu', n: int = 1536, calls: i
     probes = {f'{name} torch.matmul{blas}': matmul_probe(dtype, device, n, calls)}
     if device != 'cpu' or dtype not in (torch.float32, torch.bfloat16):
         return probes
-    if torch.backends.mkldnn.is_available():
+    if onednn_supports(dtype):
         probes[f'{name} oneDNN'] = onednn_probe(n, calls, dtype)
     if dtype != torch.float32:
         return probes

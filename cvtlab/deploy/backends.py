@@ -70,7 +70,8 @@ def choose_backend(model: nn.Module, backend: str, batch_size: int) -> Tuple[nn.
     ort_model = OnnxRuntimeModel(model)
     if backend == 'onnxruntime':
         return ort_model, 'onnxruntime'
-    x = torch.randn(batch_size, *model.pretrained_cfg.get('input_size', (3, 224, 224)))
+    from timm.data import resolve_data_config
+    x = torch.randn(batch_size, *resolve_data_config({}, model=model)['input_size'])  # the size served
     for candidate in (model, ort_model):
         _median_time(candidate, x, 1)  # warm-up
     t_torch, t_ort = _median_time(model, x, 3), _median_time(ort_model, x, 3)

@@ -26,7 +26,8 @@ CHUNK_BYTES_FEATURES = 8 << 20
 
 
 def _runs_whole(x: torch.Tensor) -> bool:
-    return x.device.type != 'cpu' or torch.is_grad_enabled() or torch.jit.is_tracing()
+    # recording gradients: `x` requires them (a fused model's weights never do, see `fuse_for_inference`)
+    return x.device.type != 'cpu' or (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
 
 
 def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, width: int,

@@ -13,21 +13,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['PackedLinear', 'fastest_linear_kernel', 'pack_linears']
+__all__ = ['PackedLinear', 'fastest_linear_kernel', 'onednn_supports', 'pack_linears']
 
 # activations oneDNN can apply after its GEMM: module type -> (its post-op name, algorithm, the same in torch)
 _POST_OPS = {nn.SiLU: ('swish', '', F.silu), nn.GELU: ('gelu', 'none', F.gelu)}
 
 
 @functools.lru_cache(maxsize=None)
-def fastest_linear_kernel(threads: int = 0) -> str:
-    """'onednn' or 'torch': which of oneDNN (packed weights) and `F.linear` runs an fp32 1576 x 384 -> 1536
+def onednn_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs `dtype` GEMMs here (bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@functools.lru_cache(maxsize=None)
+def fastest_linear_kernel(threads: int = 0, dtype: torch.dtype = torch.float32) -> str:
+    """'onednn' or 'torch': which of oneDNN (packed weights) and `F.linear` runs a `dtype` 1576 x 384 -> 1536
     Linear (a CvT-13 MLP at batch 8) faster here, median of a few calls each, taking turns. `threads` only
     keys the cache (the answer may change with the thread count)."""
-    if not torch.backends.mkldnn.is_available():
+    if not onednn_supports(dtype):
         return 'torch'
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(1576, 384, generator=g), 0.02 * torch.randn(1536, 384, generator=g), torch.zeros(1536)
+    x, w = torch.randn(1576, 384, generator=g).to(dtype), (0.02 * torch.randn(1536, 384, generator=g)).to(dtype)
+    b = torch.zeros(1536, dtype=dtype)
     packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
     calls = {'torch': lambda: F.linear(x, w, b),
              'onednn': lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, 'none', [], '')}
@@ -53,21 +62,29 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.post_op, self.algorithm, self.act = ('none', '', None) if activation is None else \
             _POST_OPS[type(activation)]
-        self._packed = None  # oneDNN's layout of `weight`: an opaque tensor, made on first use
+        # oneDNN's layout of `weight` (an opaque tensor, made on first use) and the weight version it was made from
+        self._packed = (None, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != 'cpu' or x.dtype != self.weight.dtype or torch.is_grad_enabled() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu')):
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        # compiling and tracing first: dynamo must not trace the checks after them
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or recording or x.device.type != 'cpu'
+                or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)):
             y = F.linear(x, self.weight, self.bias)
             return y if self.act is None else self.act(y)
-        if self._packed is None or self._packed.dtype != self.weight.dtype:  # fp32 or bf16 weights
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
+        # repacked whenever the weight changed (load_state_dict, in-place edits, dtype): one tuple, so that
+        # concurrent callers never see a packed weight with another version's key
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        packed, packed_key = self._packed
+        if packed_key != key:
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
+            self._packed = (packed, key)
         rows = x.reshape(-1, x.shape[-1])  # B ... C_in -> (B ...) C_in
-        y = torch.ops.mkldnn._linear_pointwise(rows, self._packed, self.bias, self.post_op, [], self.algorithm)
+        y = torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, self.post_op, [], self.algorithm)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def __getstate__(self):  # deepcopy / pickle: oneDNN's opaque tensor cannot be copied; packed again on use
-        return {**self.__dict__, '_packed': None}
+        return {**self.__dict__, '_packed': (None, None)}
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}'

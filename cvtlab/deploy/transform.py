@@ -23,7 +23,7 @@ from ..layers import LayerNormFp32
 from ..models import cvt, lg
 from . import blocks
 from .blocks import rowwise_chunked, samplewise_chunked
-from .kernels import fastest_linear_kernel, pack_linears
+from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
 from .wrapper import Wrapper
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
@@ -132,7 +132,8 @@ def to_bf16(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.LayerNorm:
-                fp32 = LayerNormFp32(child.normalized_shape, child.eps, child.elementwise_affine)
+                fp32 = LayerNormFp32(child.normalized_shape, child.eps, child.elementwise_affine,
+                                     bias=child.bias is not None)
                 fp32.load_state_dict(child.state_dict())
                 setattr(parent, name, fp32)
     norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
@@ -169,17 +170,20 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     _swap_blocks(model)
     if not isinstance(model, (cvt.CvT, lg.LGTransformer)):
         return model
-    if linear_kernel == 'auto':
-        linear_kernel = fastest_linear_kernel(torch.get_num_threads())
-    if linear_kernel == 'onednn':
-        pack_linears(model)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f'dtype must be torch.float32 or torch.bfloat16, not {dtype}')
     if dtype == torch.bfloat16 and not bf16_supported():
         _logger.warning('this CPU has no bf16 instructions (avx512_bf16 / AMX): keeping fp32, which is faster here')
         dtype = torch.float32
+    if linear_kernel == 'auto':
+        linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)
+    if linear_kernel == 'onednn':
+        if not onednn_supports(dtype):
+            raise ValueError(f"linear_kernel='onednn': this torch has no oneDNN {dtype} GEMM")
+        pack_linears(model)
     if dtype == torch.bfloat16:
         to_bf16(model)
-    elif dtype != torch.float32:
-        raise ValueError(f'dtype must be torch.float32 or torch.bfloat16, not {dtype}')
+    model.requires_grad_(False)  # inference only: calls without torch.no_grad() take the fast paths too
     return SampleGroups(model, _stem(model), dtype).eval()
 
 
