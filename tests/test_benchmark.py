@@ -167,7 +167,6 @@ def test_fraction_of_the_limit_is_against_the_best_library():
     assert r['limit_gflops_per_sec'] == max(limits.values())
     assert r['matmul_gflops_per_sec'] == next(iter(limits.values()))  # torch.matmul first
     assert r['infer_limit_fraction'] == pytest.approx(r['infer_gflops_per_sec'] / r['limit_gflops_per_sec'])
-    assert r['infer_limit_fraction'] <= r['infer_matmul_fraction']
     # a training step counts 3x the forward's FLOPs per image
     per_image = r['infer_gflops_per_sec'] / r['infer_samples_per_sec']  # forward GFLOP of one image
     assert r['train_gflops_per_sec'] == pytest.approx(3 * per_image * r['train_samples_per_sec'])

@@ -251,14 +251,17 @@ def test_torchvision_feature_extractor_forward_and_backward(name):
 
 
 # --- tracing, scripting, compiling, exporting ------------------------------------------------------------
-@pytest.mark.parametrize('name', MODELS)
-def test_fx_symbolic_trace_matches_eager(name):
-    """One trace serves every input size: no shape became a constant."""
-    model = build(name).eval()
-    traced = torch.fx.symbolic_trace(model)
+def assert_matches_eager_at_two_sizes(converted, model: nn.Module, name: str):
+    """One converted model serves every input size: no shape became a constant."""
     with torch.no_grad():
         for x in (image(name), image(name, batch=1, odd=True)):
-            assert close(traced(x), model(x))
+            assert close(converted(x), model(x))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_fx_symbolic_trace_matches_eager(name):
+    model = build(name).eval()
+    assert_matches_eager_at_two_sizes(torch.fx.symbolic_trace(model), model, name)
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -266,9 +269,7 @@ def test_torchscript_matches_eager(name):
     with set_layer_config(scriptable=True):
         model = build(name).eval()
         scripted = torch.jit.script(model)
-    with torch.no_grad():
-        for x in (image(name), image(name, batch=1, odd=True)):
-            assert close(scripted(x), model(x))
+    assert_matches_eager_at_two_sizes(scripted, model, name)
 
 
 @pytest.mark.parametrize('name', ONE_PER_FAMILY)
