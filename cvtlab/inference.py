@@ -28,6 +28,8 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     from .registry import create_model, load_model
     if (checkpoint is None) == (model is None):
         raise ConfigError('give exactly one of --checkpoint or --model')
+    if checkpoint is not None and str(checkpoint).endswith('.onnx'):
+        return _load_onnx(checkpoint, dtype)
     if checkpoint is not None:
         net = load_model(resolve_weights_file(checkpoint, RUN_WEIGHT_FILES))
     else:
@@ -52,6 +54,17 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     net, note = choose_backend(net.eval(), backend, batch_size)
     net.backend = note
     return net, labels
+
+
+def _load_onnx(path: str, dtype: str):
+    """An exported ONNX file (fp32 or int8) and its label names: it runs in onnxruntime, as exported."""
+    from .deploy.backends import OnnxFileModel
+    if dtype != 'fp32':
+        raise ConfigError(f'{path}: an ONNX file runs as exported; --dtype {dtype} does not apply')
+    net = OnnxFileModel(path)
+    net.backend = f'onnxruntime ({net.onnx_dtype} ONNX file)'
+    names = net.pretrained_cfg.get('label_names')
+    return net, list(names) if names is not None else None
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):

@@ -185,3 +185,24 @@ def test_compare_onnxruntime_times_cvtlabs_own_export(capsys):
         compare_peers('cvt_tiny', ['tensorrt'], s)
     assert main(['benchmark', 'cvt_tiny', '-b', '2', '--repeats', '1', '--no-latency', '--compare', 'onnxruntime']) == 0
     assert 'vs onnxruntime' in capsys.readouterr().out
+
+
+def test_compare_int8_and_backend_rows(capsys):
+    """The int8 peer is timed against the int8 GEMM limit; `--backend` runs the inference copy where asked."""
+    from cvtlab.benchmark import compare_peers
+    from cvtlab.benchmark.limits import int8_gemm_probes
+    s = BenchSettings(batch_size=2, train=False, latency=False, memory=False, repeats=1)
+    ours, int8 = compare_peers('cvt_tiny', ['onnxruntime-int8'], s)
+    assert int8['dtype'] == 'int8' and list(int8['gemm_limits']) == ['int8 onnxruntime']
+    assert 'int8 onnxruntime' not in ours['gemm_limits'] and ours['backend'] == 'torch'
+    assert int8['infer_limit_fraction'] == pytest.approx(int8['infer_gflops_per_sec'] / int8['limit_gflops_per_sec'])
+    assert ours['onnxruntime-int8_max_abs_diff'] > 0  # quantized: not the same numbers
+    (step, gop), = int8_gemm_probes(n=32, calls=1).values()
+    assert step().shape == (32, 32) and step().dtype.name == 'int32' and gop == 2 * 32 ** 3 / 1e9
+    row = benchmark_model('cvt_tiny', replace(s, backend='onnxruntime'))
+    assert row['backend'] == 'onnxruntime' and 'infer_peak_mem_mb' not in row
+    with pytest.raises(cvtlab.CvtlabError, match='--backend'):
+        benchmark_model('cvt_tiny', replace(s, backend='onnxruntime', dtype='bf16'))
+    assert main(['benchmark', 'cvt_tiny', '-b', '2', '--repeats', '1', '--no-latency', '--no-train',
+                 '--backend', 'auto']) == 0
+    assert 'auto:' in capsys.readouterr().out

@@ -105,3 +105,92 @@ def test_explain_cli_writes_png(name, tmp_path):
     assert result.returncode == 0, result.stderr
     png = tmp_path / 'explain_img.png'
     assert png.stat().st_size > 10_000 and Image.open(png).size[0] > 500
+
+
+def _trained_digits_model():
+    """cvt_tiny fitted for a few steps on digits: logits with real margins, unlike random weights'."""
+    from timm.data import create_transform
+    from cvtlab.data import build_datasets, resolve_data_config
+    torch.manual_seed(0)
+    model = timm.create_model('cvt_tiny', num_classes=10)
+    t = create_transform(**resolve_data_config(model), is_training=False)
+    train = build_datasets('digits', t, t).train
+    xs, ys = zip(*[train[i] for i in range(256)])
+    x, y = torch.stack(xs), torch.tensor(ys)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(30):
+        i = torch.randint(0, 256, (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def test_int8_export_quantizes_and_stays_close_to_fp32(tmp_path):
+    from cvtlab.deploy.int8 import attention_matmuls
+    from cvtlab.export import calibration_batches
+    import onnx
+    model, x, y = _trained_digits_model()
+    calibration = calibration_batches(model, 'digits', images=96, batch_size=32)
+    assert [b.shape for b in calibration] == [(32, 3, 32, 32)] * 3
+    r = export_onnx(model, tmp_path / 'm.int8.onnx', int8=True, calibration=calibration)
+    graph = onnx.load(str(tmp_path / 'm.int8.onnx')).graph
+    ops = [n.op_type for n in graph.node]
+    assert r['quantize_nodes'] == ops.count('QuantizeLinear') > 10 and 'DequantizeLinear' in ops
+    # int8 weights: a quantized initializer per Linear/Conv; the attention matmuls were left in fp32
+    assert sum(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer) >= 10
+    blocks = sum(type(m).__name__ == 'Block' for m in model.modules())
+    assert r['attention_matmuls_in_fp32'] == 2 * blocks and r['calibration_images'] == 96  # q @ k^T, attn @ v
+    assert r['size_mb'] < 0.6 * r['fp32_size_mb']
+    fp32_session = ort.InferenceSession(str(tmp_path / 'm.int8.onnx'))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = fp32_session.run(None, {'image': x.numpy()})[0]
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95  # 256 training images
+    assert 0 < np.abs(got - expected).max() < 1.0  # quantized (not identical), yet close
+    assert r['int8_top1_agreement'] >= 0.95
+    pre = json.loads((tmp_path / 'm.int8.preprocess.json').read_text())
+    assert pre['dtype'] == 'int8' and pre['input_size'] == [3, 32, 32]
+    assert not list(tmp_path.glob('*.partial')) and not list(tmp_path.glob('tmp*'))  # nothing left behind
+    with pytest.raises(cvtlab.CvtlabError, match='calibration'):
+        export_onnx(model, tmp_path / 'x.onnx', int8=True)
+
+
+def test_attention_matmuls_are_those_without_a_weight():
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), 'w')
+    nodes = [helper.make_node('MatMul', ['x', 'w'], ['a'], name='linear'),
+             helper.make_node('MatMul', ['a', 'x'], ['b'], name='qk')]
+    graph = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info('b', TensorProto.FLOAT, [4, 4])], initializer=[w])
+    from cvtlab.deploy.int8 import attention_matmuls
+    assert attention_matmuls(helper.make_model(graph)) == ['qk']
+
+
+def test_exported_onnx_files_evaluate_and_predict(tmp_path):
+    """`eval` / `predict --checkpoint FILE.onnx` run an exported file (fp32 or int8) with its preprocessing."""
+    model, _, _ = _trained_digits_model()
+    labels = [str(i) for i in range(10)]
+    cvtlab.save_model(model, tmp_path / 'tiny.safetensors', 'cvt_tiny', dict(num_classes=10), labels)
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'cvtlab', *a], capture_output=True, text=True,
+                                    timeout=300)
+    result = run('export', str(tmp_path / 'tiny.safetensors'), str(tmp_path / 'q.onnx'), '--int8')
+    assert result.returncode == 2 and '--calibration-data' in result.stderr  # a file does not say its data
+    result = run('export', str(tmp_path / 'tiny.safetensors'), str(tmp_path / 'q.onnx'), '--int8',
+                 '--calibration-data', 'digits', '--calibration-images', '64')
+    assert result.returncode == 0, result.stderr
+    assert 'top-1 agrees with fp32' in result.stdout and 'of 64 calibration images' in result.stdout
+    from cvtlab.inference import evaluate, predict
+    ours = evaluate(str(tmp_path / 'tiny.safetensors'), 'digits')
+    int8 = evaluate(str(tmp_path / 'q.onnx'), 'digits')
+    assert int8['backend'] == 'onnxruntime (int8 ONNX file)' and int8['count'] == ours['count'] == 360
+    assert abs(int8['top1'] - ours['top1']) <= 3.0  # a briefly trained model: a loose bound
+    Image.fromarray((np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8)).save(tmp_path / 'a.png')
+    results, errors = predict([str(tmp_path / 'a.png')], checkpoint=str(tmp_path / 'q.onnx'), top_k=3)
+    assert not errors and [t['label'] for t in results[0]['top']][0] in labels
+    assert sum(t['prob'] for t in results[0]['top']) <= 1.0 + 1e-6
+    (tmp_path / 'q.preprocess.json').unlink()
+    bad = run('eval', '--checkpoint', str(tmp_path / 'q.onnx'), '--data', 'digits')
+    assert bad.returncode == 2 and 'preprocess.json is missing' in bad.stderr and 'Traceback' not in bad.stderr

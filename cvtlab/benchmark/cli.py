@@ -33,8 +33,12 @@ def add_benchmark_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--repeats', type=int, default=3, help='timed calls per model (default 3)')
     p.add_argument('--latency-repeats', type=int, default=10, help='timed batch-1 calls (default 10)')
     p.add_argument('--compare', help="also time, on the same weights and input: 'hf' (the same CvT in HF transformers), "
-                                     "or any of 'onnxruntime' (cvtlab's own ONNX export), 'compile' "
+                                     "or any of 'onnxruntime' (cvtlab's own ONNX export), 'onnxruntime-int8' (its "
+                                     "int8 form, as `cvtlab export --int8` writes it), 'compile' "
                                      "(compile_for_inference), comma-separated")
+    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'auto'],
+                   help="run the inference copy in torch (default), in onnxruntime (cvtlab's ONNX export), or "
+                        "whichever a short probe measures faster (auto), as `predict --backend` does")
     p.add_argument('--hf-dtype', choices=sorted(DTYPES), help='with --compare hf: HF in this dtype (default: --dtype)')
     p.add_argument('--hf-eager', action='store_true', help='with --compare hf and --compile: leave HF uncompiled')
     p.add_argument('--sweep-res', help='comma-separated resolutions, e.g. 224,384,512,768,1024')
@@ -50,7 +54,7 @@ def _settings_from_args(args, sweep: bool) -> BenchSettings:
         device=args.device, channels_last=args.channels_last, compile=args.compile, fuse=args.fuse,
         grad_checkpointing=args.grad_checkpointing, train=not (args.no_train or sweep),
         latency=not (args.no_latency or sweep), warmup=args.warmup, repeats=args.repeats,
-        latency_repeats=args.latency_repeats)
+        latency_repeats=args.latency_repeats, backend=args.backend)
 
 
 def cmd_benchmark(args) -> int:
@@ -88,24 +92,28 @@ def cmd_benchmark(args) -> int:
         print(f'* CPU {describe_cpu(cpu)}', file=summary)
         for note in dtype_notes(s.dtype, cpu):
             print(f'* note: {note}', file=summary)
-    limits = next((r['gemm_limits'] for r in rows if r.get('gemm_limits')), None)
-    if limits:
-        best = max(limits, key=limits.get)
-        print('* GEMM limit in this run: ' + ', '.join(f'{k} {v:.0f}' for k, v in limits.items())
-              + f' GFLOP/s; best: {best}', file=summary)
+    limits = {k: v for r in rows for k, v in (r.get('gemm_limits') or {}).items()}
+    for dtype in dict.fromkeys(k.split()[0] for k in limits):  # one line per dtype: fp32, int8, ...
+        mine = {k: v for k, v in limits.items() if k.split()[0] == dtype}
+        print(f'* {dtype} GEMM limit in this run: ' + ', '.join(f'{k} {v:.0f}' for k, v in mine.items())
+              + f' GFLOP/s; best: {max(mine, key=mine.get)}', file=summary)
     if plot:
         print(f'* plot written to {plot}', file=summary)
     for r in rows:
         if 'error' not in r:
             print(f"* {r['model']}: {r['infer_samples_per_sec']:.2f} img/s inference "
-                  f"(batch {r['infer_batch_size']}, {r['infer_img_size'][0]} px, {s.dtype})"
+                  f"(batch {r['infer_batch_size']}, {r['infer_img_size'][0]} px, {_dtype(r, s)})"
                   + (f", {r['train_samples_per_sec']:.2f} img/s training" if 'train_samples_per_sec' in r else '')
                   + (f", peak {r['infer_peak_mem_mb']:.0f} MiB" if 'infer_peak_mem_mb' in r else ''), file=summary)
     return 0
 
 
+def _dtype(row: dict, s) -> str:
+    return 'int8' if row['model'] == 'onnxruntime-int8' else s.dtype
+
+
 _COLUMNS = [  # (field, header, format)
-    ('model', 'model', 's'), ('infer_img_size', 'px', 'px'), ('infer_batch_size', 'batch', 'd'),
+    ('model', 'model', 's'), ('backend', 'backend', 's'), ('infer_img_size', 'px', 'px'), ('infer_batch_size', 'batch', 'd'),
     ('infer_samples_per_sec', 'infer img/s', '.2f'), ('infer_latency_ms', 'b1 ms', '.1f'),
     ('infer_latency_p90_ms', 'b1 p90', '.1f'), ('infer_peak_mem_mb', 'infer MiB', '.0f'),
     ('train_samples_per_sec', 'train img/s', '.2f'), ('train_limit_fraction', 'train of limit', '.0%'),
@@ -113,7 +121,7 @@ _COLUMNS = [  # (field, header, format)
     ('param_count', 'params M', '.2f'), ('infer_gmacs', 'GMACs', '.2f'), ('infer_gflops_per_sec', 'GFLOP/s', '.1f'),
     ('infer_matmul_fraction', 'of mm', '.0%'), ('infer_limit_fraction', 'of limit', '.0%'), ('pixel_rate_vs_first', 'px/s vs first', '.2f'),
     ('infer_vs_hf', 'infer vs HF', '.2f'), ('infer_vs_onnxruntime', 'vs onnxruntime', '.2f'),
-    ('infer_vs_compile', 'vs compiled', '.2f'), ('train_vs_hf', 'train vs HF', '.2f'),
+    ('infer_vs_onnxruntime-int8', 'vs ort int8', '.2f'), ('infer_vs_compile', 'vs compiled', '.2f'), ('train_vs_hf', 'train vs HF', '.2f'),
     ('train_mem_vs_hf', 'train mem vs HF', '.2f'), ('hf_max_abs_diff', 'max|Δ| HF', '.1e'), ('error', 'error', 's'),
 ]
 
@@ -129,7 +137,7 @@ def _print_table(rows: List[dict]):
                                                           f'best GEMM {limit:.0f} GFLOP/s)')
     table = Table(title=title)
     for _, header, _ in columns:
-        table.add_column(header, justify='left' if header in ('model', 'error') else 'right')
+        table.add_column(header, justify='left' if header in ('model', 'backend', 'error') else 'right')
     for r in rows:
         cells = []
         for key, _, fmt in columns:

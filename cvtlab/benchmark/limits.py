@@ -84,6 +84,40 @@ def onnxruntime_probe(n: int, calls: int) -> Probe:
     return step, 2 * n ** 3 * calls / 1e9
 
 
+def onnxruntime_int8_probe(n: int, calls: int) -> Probe:
+    """int8 GEMM in onnxruntime: MatMulInteger of u8 activations and an s8 weight (what its quantized MatMuls
+    run: VNNI dot products where the CPU has them), int32 out. Counted as 2 n^3 operations."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (n, n), generator=g, dtype=torch.uint8)
+    b = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
+    graph = helper.make_graph(
+        [helper.make_node('MatMulInteger', ['x', 'w'], ['y'])], 'gemm_int8',
+        [helper.make_tensor_value_info('x', TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info('y', TensorProto.INT32, [n, n])],
+        initializer=[numpy_helper.from_array(b.numpy(), 'w')])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    feed = {'x': a.numpy()}
+
+    def step():
+        for _ in range(calls):
+            y = session.run(None, feed)[0]
+        return y
+    return step, 2 * n ** 3 * calls / 1e9
+
+
+def int8_gemm_probes(n: int = 1536, calls: int = 4) -> Dict[str, Probe]:
+    """The int8 GEMMs at hand: onnxruntime's (when installed), the kernel cvtlab's int8 export runs on."""
+    try:
+        return {'int8 onnxruntime': onnxruntime_int8_probe(n, calls)}
+    except ImportError:
+        return {}
+
+
 def gemm_probes(dtype: torch.dtype, device: str = 'cpu', n: int = 1536, calls: int = 4) -> Dict[str, Probe]:
     """Every GEMM this machine can run in `dtype`, by library: {'fp32 torch.matmul (MKL)': (step, GFLOP), ...}.
     On CPU, fp32 and bf16 also through oneDNN, fp32 through onnxruntime (when installed); otherwise

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from ..deploy import compile_for_inference, fuse_for_inference
+from ..deploy.backends import choose_backend
 from ..errors import ConfigError
-from .limits import gemm_probes
+from .limits import Probe, gemm_probes
 from .measure import create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -24,6 +25,8 @@ class BenchSettings:
     `img_size` None means the model's own default input size. `fuse` passes the inference copy through
     `cvtlab.fuse_for_inference` (BN folded, the CPU fast paths); `compile` compiles every copy, the
     inference copy through `cvtlab.compile_for_inference` (inductor freezing). Training copies are never fused.
+    `backend` runs the inference copy as `predict --backend` would: 'torch', 'onnxruntime' (cvtlab's ONNX
+    export of the fused model) or 'auto' (whichever a short probe at `batch_size` measures faster).
     """
     batch_size: int = 8
     img_size: Optional[int] = None
@@ -39,6 +42,7 @@ class BenchSettings:
     warmup: int = 1
     repeats: int = 3
     latency_repeats: int = 10
+    backend: str = 'torch'
 
 
 @dataclass
@@ -63,11 +67,12 @@ def prepare(model: nn.Module, s: BenchSettings, training: bool) -> nn.Module:
         return torch.compile(model, dynamic=False) if s.compile else model
     if s.compile:
         return compile_for_inference(model, inplace=True, fuse=s.fuse, dynamic=False)
-    if not s.fuse:
-        return model
-    # bf16 through the transform (bf16 weights, LayerNorm in fp32) rather than autocast over fp32 weights
-    bf16 = s.dtype == 'bf16' and s.device == 'cpu'
-    return fuse_for_inference(model, inplace=True, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if s.fuse:
+        # bf16 through the transform (bf16 weights, LayerNorm in fp32) rather than autocast over fp32 weights
+        bf16 = s.dtype == 'bf16' and s.device == 'cpu'
+        model = fuse_for_inference(model, inplace=True, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model, model.backend = choose_backend(model, s.backend, s.batch_size)  # backend: what runs, and why
+    return model
 
 
 def _input(s: BenchSettings, batch_size: int, img_size: Tuple[int, int]) -> torch.Tensor:
@@ -108,15 +113,17 @@ def _train_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable
 
 
 def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[int, int],
-                     probe: bool = True) -> Tuple[Dict[str, dict], Dict[str, float]]:
+                     probe: bool = True, extra_probes: Optional[Dict[str, Probe]] = None
+                     ) -> Tuple[Dict[str, dict], Dict[str, float]]:
     """Every measurement for every subject, timings interleaved across subjects; with `probe`, also the
-    GEMM rate (GFLOP/s) of every kernel library at hand in the run's dtype (`limits.gemm_probes`), each
-    probe one more step interleaved with the inference steps; else an empty dict."""
+    GEMM rate (GFLOP/s) of every kernel library at hand in the run's dtype (`limits.gemm_probes`) and of
+    `extra_probes` (e.g. int8 GEMMs), each probe one more step interleaved with the inference steps;
+    else an empty dict."""
     device = torch.device(s.device)
     rows = {sub.label: dict(infer_batch_size=s.batch_size, infer_img_size=list(img_size)) for sub in subjects}
     x = _input(s, s.batch_size, img_size)
     steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
-    probes = gemm_probes(DTYPES[s.dtype], s.device) if probe else {}
+    probes = {**gemm_probes(DTYPES[s.dtype], s.device), **(extra_probes or {})} if probe else {}
     times = time_interleaved({**steps, **{k: step for k, (step, _) in probes.items()}}, s.warmup, s.repeats, device)
     limits = {k: gflop / statistics.median(times.pop(k)) for k, (_, gflop) in probes.items()}
     for label, t in times.items():
@@ -172,13 +179,15 @@ def check_settings(name: str, s: BenchSettings):
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {s.dtype!r}")
     if s.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError('--device cuda: no CUDA device is available')
+    if s.backend != 'torch' and (s.device != 'cpu' or s.compile or s.dtype != 'fp32'):
+        raise ConfigError('--backend onnxruntime / auto: CPU, fp32 and without --compile only')
     if min(s.batch_size, s.repeats, s.latency_repeats) < 1 or s.warmup < 0:
         raise ConfigError('batch size and repeat counts must be >= 1, warm-up >= 0')
 
 
 def settings_fields(s: BenchSettings) -> dict:
     return dict(dtype=s.dtype, device=s.device, channels_last=s.channels_last, compiled=s.compile, fused=s.fuse,
-                grad_checkpointing=s.grad_checkpointing)
+                grad_checkpointing=s.grad_checkpointing, backend=s.backend)
 
 
 def benchmark_model(name: str, settings: BenchSettings = BenchSettings()) -> dict:
@@ -202,5 +211,10 @@ def benchmark_models(names: Sequence[str], settings: BenchSettings = BenchSettin
         subjects.append(Subject(name, prepare(model, s, training=False), train))
         extra[name] = (macs, params)
     rows, limits = measure_subjects(subjects, s, img_size)
-    return [finish_row(dict(model=name, **settings_fields(s), **rows[name]), extra[name][0], limits, extra[name][1])
-            for name in names]
+    results = [finish_row(dict(model=name, **settings_fields(s), **rows[name]), extra[name][0], limits,
+                          extra[name][1]) for name in names]
+    for row, subject in zip(results, subjects):
+        row['backend'] = getattr(subject.infer, 'backend', s.backend)
+        if not row['backend'].startswith('torch'):  # onnxruntime's arena keeps memory: RSS growth is not its need
+            row.pop('infer_peak_mem_mb', None)
+    return results

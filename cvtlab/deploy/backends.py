@@ -1,5 +1,7 @@
 """Where inference runs: PyTorch (the model from `fuse_for_inference`) or onnxruntime (cvtlab's own ONNX export
-of it), or whichever a short probe measures faster for this model, batch size and machine (`auto`)."""
+of it), or whichever a short probe measures faster for this model, batch size and machine (`auto`); and an
+exported `.onnx` file (fp32 or int8) run as a model."""
+import json
 import logging
 import statistics
 import tempfile
@@ -13,9 +15,21 @@ import torch.nn as nn
 from ..errors import ConfigError
 from .wrapper import Wrapper
 
-__all__ = ['BACKENDS', 'OnnxRuntimeModel', 'choose_backend']
+__all__ = ['BACKENDS', 'OnnxRuntimeModel', 'OnnxFileModel', 'choose_backend']
 BACKENDS = ('torch', 'onnxruntime', 'auto')
 _logger = logging.getLogger('cvtlab')
+
+
+def onnxruntime_session(path):
+    """An onnxruntime CPU session on `path` with torch's thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("the onnxruntime backend needs onnx and onnxruntime: pip install 'cvtlab[export]'") \
+            from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
 class OnnxRuntimeModel(Wrapper):
@@ -27,19 +41,37 @@ class OnnxRuntimeModel(Wrapper):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ConfigError("the onnxruntime backend needs onnx and onnxruntime: pip install 'cvtlab[export]'") \
-                from None
         from ..export import export_onnx
         self.torch_model = model
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / 'model.onnx'
             export_onnx(model, path, fuse=False)  # `model` is already what should run (fused or not)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            self.session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+            self.session = onnxruntime_session(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {'image': x.float().contiguous().numpy()})[0])
+
+
+class OnnxFileModel(nn.Module):
+    """A file written by `cvtlab export` (fp32 or `--int8`) in onnxruntime, called like a timm model on
+    B 3 H W fp32 tensors. Its `<stem>.preprocess.json` supplies what timm's data config reads
+    (`pretrained_cfg`: input size, mean/std, interpolation, crop, label names); `num_classes` comes from the
+    graph's output."""
+
+    def __init__(self, path):
+        super().__init__()
+        path = Path(path)
+        pre_path = path.with_name(path.stem + '.preprocess.json')
+        if not path.is_file():
+            raise ConfigError(f'{path}: no such ONNX file')
+        if not pre_path.is_file():
+            raise ConfigError(f'{path}: {pre_path.name} is missing beside it (cvtlab export writes both)')
+        pre = json.loads(pre_path.read_text())
+        self.session = onnxruntime_session(path)
+        self.num_classes = int(self.session.get_outputs()[0].shape[-1])
+        keys = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode', 'label_names')
+        self.pretrained_cfg = {k: (tuple(pre[k]) if isinstance(pre[k], list) else pre[k]) for k in keys if k in pre}
+        self.onnx_dtype = pre.get('dtype', 'fp32')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {'image': x.float().contiguous().numpy()})[0])
