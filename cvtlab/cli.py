@@ -54,8 +54,8 @@ def cmd_models(args) -> int:
 def cmd_convert(args) -> int:
     from .registry import convert_checkpoint
     s = convert_checkpoint(args.src, args.dst, args.model)
-    print(f"* converted {s['layout']} checkpoint ({s['keys']} keys mapped, 0 dropped) -> {s['weights']} + "
-          f"{s['config']}: {s['architecture']}, {s['params']:,} params")
+    print(f"* converted {s['layout']} checkpoint ({s['keys']} keys mapped, 0 dropped) -> {s['folder']} "
+          f"(config.json + model.safetensors): {s['architecture']}, {s['params']:,} params")
     return 0
 
 
@@ -128,19 +128,10 @@ def cmd_predict(args) -> int:
     return 2 if errors else 0
 
 
-def _load_any(source: str, pretrained: bool = False):
-    """A checkpoint path / run directory, else a model name."""
-    from pathlib import Path
-    from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
-    from .registry import create_model, load_model
-    if Path(source).exists():
-        return load_model(resolve_weights_file(source, RUN_WEIGHT_FILES))
-    return create_model(source, pretrained=pretrained)
-
-
 def cmd_export(args) -> int:
     from .export import export_onnx
-    model = _load_any(args.source, args.pretrained)
+    from .registry import model_from_source
+    model = model_from_source(args.source, args.pretrained)
     r = export_onnx(model, args.out, fuse=args.fuse, opset=args.opset)
     diffs = ', '.join(f'{k}: {v:.2e}' for k, v in r['max_abs_diff'].items())
     unfused = f" (unfused model: {max(r['max_abs_diff_unfused'].values()):.2e})" if r['fused'] else ''
@@ -174,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser('convert', help='official / HF transformers / cvtlab checkpoint -> cvtlab safetensors + JSON')
-    p.add_argument('src', help='checkpoint file (.pth, .bin, .safetensors) or HF save_pretrained directory')
-    p.add_argument('dst', help='output .safetensors path (a .json config is written beside it)')
+    p = sub.add_parser('convert', help='official / HF transformers / cvtlab checkpoint -> a model folder that '
+                                       'timm and HF transformers read too')
+    p.add_argument('src', help='checkpoint file (.pth, .bin, .safetensors), model folder, run directory or hf-hub:ID')
+    p.add_argument('dst', help='output folder (config.json + model.safetensors)')
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
 
@@ -218,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument('images', nargs='+', help='image files, folders or globs')
             p.add_argument('--top-k', type=_positive_int, default=5, help='labels per image')
             p.add_argument('--json', action='store_true', help='print JSON')
-        p.add_argument('--checkpoint', help='weights file or run directory (uses best.safetensors)')
+        p.add_argument('--checkpoint', help='run directory (its best model), model folder, weights file or hf-hub:ID')
         p.add_argument('--model', help='a timm / cvtlab model name instead of a checkpoint')
         p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
         p.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,

@@ -8,7 +8,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
 from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images, load_image, \
     resolve_data_config
 from .engine import evaluate_loader, predict_batch
@@ -29,7 +28,7 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     if (checkpoint is None) == (model is None):
         raise ConfigError('give exactly one of --checkpoint or --model')
     if checkpoint is not None:
-        net = load_model(resolve_weights_file(checkpoint, RUN_WEIGHT_FILES))
+        net = load_model(checkpoint)
     else:
         net = create_model(model, pretrained=pretrained)
     names = net.pretrained_cfg.get('label_names')

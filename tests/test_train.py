@@ -79,8 +79,9 @@ def trained_run(tmp_path_factory):
 
 def test_train_writes_complete_run_directory(trained_run):
     out, result = trained_run
-    for name in ('config.yaml', 'metrics.csv', 'train.log', 'classes.json', 'last.safetensors', 'last.json',
-                 'best.safetensors', 'best.json', 'train_state.pt', 'summary.json', 'plots.png'):
+    for name in ('config.yaml', 'metrics.csv', 'train.log', 'classes.json', 'last/config.json',
+                 'last/model.safetensors', 'best/config.json', 'best/model.safetensors', 'train_state.pt',
+                 'summary.json', 'plots.png'):
         assert (out / name).is_file(), name
     assert any(p.name.startswith('events.out.tfevents') for p in out.iterdir())
     assert len(list((out / 'samples').glob('*.png'))) == 8
@@ -154,7 +155,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
     b = list(csv.DictReader(open(metrics)))
     for key in ('epoch', 'step', 'train_loss', 'val_loss', 'val_top1', 'val_top5', 'lr'):
         assert [r[key] for r in a] == [r[key] for r in b], key
-    weights = [cvtlab.checkpoint.read_state_dict(tmp_path / d / 'last.safetensors') for d in ('full', 'cut')]
+    weights = [cvtlab.checkpoint.read_state_dict(tmp_path / d / 'last') for d in ('full', 'cut')]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
@@ -168,7 +169,7 @@ def test_kill_9_leaves_loadable_checkpoint_and_resume_completes(tmp_path):
     time.sleep(0.3)
     proc.kill()
     proc.wait()
-    assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'last').num_classes == 10
     torch.load(out / 'train_state.pt', weights_only=True)
     resumed = run_cli('train', '--output', out, '--resume')
     assert resumed.returncode == 0, resumed.stderr
@@ -185,7 +186,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['world_size'] == 2 and summary['epochs'] == 1
     # validation is split across ranks without padding and reduced: every val image counted once
-    report = cvtlab.evaluate(str(out / 'best.safetensors'), 'digits')
+    report = cvtlab.evaluate(str(out / 'best'), 'digits')
     assert abs(report['top1'] - summary['best_top1']) < 1e-6
     assert 'lr 0.0005' in open(out / 'train.log').read()  # base_lr 2e-3 x global batch 64 / 256
 
@@ -243,7 +244,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
         cvtlab.train(config)
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['run']['epoch'] == 1  # epoch 1 completed and saved before the NaN
-    assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'last').num_classes == 10
 
 
 def test_cli_errors_are_one_line(tmp_path, trained_run, capsys):
@@ -314,7 +315,7 @@ def test_train_lg_nano_on_digits_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['model'] == 'lg_nano' and summary['epochs'] == 1 and summary['best_top1'] > 10
-    model = cvtlab.load_model(out / 'best.safetensors')
+    model = cvtlab.load_model(out / 'best')
     assert type(model).__name__ != 'CvT' and model.num_classes == 10
 
 
@@ -328,7 +329,7 @@ def test_ema_bf16_accumulation_clipping_and_sgd_run(tmp_path):
     assert summary['epochs'] == 1 and summary['best_top1'] is not None
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['ema'] is not None and state['run']['step'] == 22
-    saved = cvtlab.checkpoint.read_state_dict(out / 'last.safetensors')
+    saved = cvtlab.checkpoint.read_state_dict(out / 'last')
     assert all(torch.equal(saved[k], state['ema'][k]) for k in saved)  # the EMA weights, not the raw ones
     assert not all(torch.equal(state['model'][k], state['ema'][k]) for k in saved)
 
@@ -350,9 +351,9 @@ def test_compile_flag_trains_through_dynamo_and_saves_plain_keys(tmp_path, monke
     assert len(calls) == 1 and calls[0]['dynamic'] is False
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1, 'the compiled model never ran'
     assert summary['best_top1'] > 10
-    saved = cvtlab.checkpoint.read_state_dict(out / 'last.safetensors')
+    saved = cvtlab.checkpoint.read_state_dict(out / 'last')
     assert saved and not any('_orig_mod' in k for k in saved)
-    assert cvtlab.load_model(out / 'best.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'best').num_classes == 10
     torch._dynamo.reset()
 
 
