@@ -109,8 +109,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .inference import predict
     results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
-                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse, dtype=args.dtype,
-                              backend=args.backend)
+                              pretrained=args.pretrained, top_k=args.top_k, batch_size=args.batch_size,
+                              fuse=args.fuse, dtype=args.dtype, backend=args.backend, tta=args.tta, out=args.out)
     for e in errors:
         print(f'cvtlab: error: {e}', file=sys.stderr)
     if args.json:
@@ -124,7 +124,8 @@ def cmd_predict(args) -> int:
                 table.add_row(r['image'] if rank == 0 else '', t['label'], f"{t['prob']:.3f}")
         console.print(table)
     backend = f" ({results[0]['backend']})" if results and args.backend != 'torch' else ''
-    print(f'* {len(results)} images predicted, {len(errors)} unreadable{backend}', file=sys.stderr)
+    written = f' -> {args.out}' if args.out else ''
+    print(f'* {len(results)} images predicted, {len(errors)} unreadable{backend}{written}', file=sys.stderr)
     return 2 if errors else 0
 
 
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == 'predict':
             p.add_argument('images', nargs='+', help='image files, folders or globs')
             p.add_argument('--top-k', type=_positive_int, default=5, help='labels per image')
+            p.add_argument('--batch-size', type=_positive_int, default=32, help='images per forward pass')
+            p.add_argument('--tta', choices=['flip'], help='test-time augmentation: average with the mirror image')
+            p.add_argument('--out', help='also write the predictions (errors included) to FILE.csv or FILE.json')
             p.add_argument('--json', action='store_true', help='print JSON')
         p.add_argument('--checkpoint', help='run directory (its best model), model folder, weights file or hf-hub:ID')
         p.add_argument('--model', help='a timm / cvtlab model name instead of a checkpoint')

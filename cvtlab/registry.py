@@ -55,6 +55,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] 
     with a notice (fine-tuning).
     """
     _check_name(name)
+    if pretrained and not timm.list_models(name if '.' in name else f'{name}.*', pretrained=True):
+        raise ConfigError(f'{name} has no pretrained weights (train it, or give a checkpoint)')
     if checkpoint is None:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     state_dict, _ = read_checkpoint(checkpoint)

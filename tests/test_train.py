@@ -411,18 +411,16 @@ def test_sample_transforms_are_seeded_per_sample_and_cheaply(monkeypatch):
 def test_bf16_inference_agrees_with_fp32_on_the_trained_run(trained_run):
     """Issue 16's bf16 bar: top-1 agreement with fp32 >= 99% on the digits validation split. On a CPU without
     bf16 instructions the transform keeps fp32 (and says so), so there it agrees trivially."""
-    from timm.data import create_transform
-    from cvtlab.data import build_datasets, resolve_data_config
+    from cvtlab.data import build_datasets
     from cvtlab.deploy.transform import bf16_supported
-    from cvtlab.inference import load_classifier
     out, _ = trained_run
-    fp32, _ = load_classifier(str(out), fuse=True)
-    bf16, _ = load_classifier(str(out), fuse=True, dtype='bf16')
-    assert any(p.dtype == torch.bfloat16 for p in bf16.parameters()) == bf16_supported()
-    split = build_datasets('digits', None, create_transform(**resolve_data_config(fp32), is_training=False))
+    fp32 = cvtlab.Classifier.from_pretrained(out)
+    bf16 = cvtlab.Classifier.from_pretrained(out, dtype='bf16')
+    assert any(p.dtype == torch.bfloat16 for p in bf16.model.parameters()) == bf16_supported()
+    assert bf16.dtype == ('bf16' if bf16_supported() else 'fp32')
+    split = build_datasets('digits', None, fp32.transform)
     x = torch.stack([split.val[i][0] for i in range(len(split.val))])
-    with torch.no_grad():
-        agree = (fp32(x).argmax(-1) == bf16(x).argmax(-1)).float().mean().item()
+    agree = (fp32.probabilities(x).argmax(-1) == bf16.probabilities(x).argmax(-1)).float().mean().item()
     assert len(x) == 360 and agree >= 0.99, agree
     with pytest.raises(cvtlab.CvtlabError, match='drop --no-fuse'):
-        load_classifier(str(out), fuse=False, dtype='bf16')
+        cvtlab.Classifier.from_pretrained(out, fuse=False, dtype='bf16')
