@@ -8,6 +8,7 @@ from .benchmark import benchmark_model, compare_hf
 from .checkpoint import load_checkpoint, save_model
 from .classifier import Classifier, Prediction
 from .folder import save_pretrained
+from .hub import push_to_hub
 from .errors import CheckpointError, ConfigError, CvtlabError, DataError
 from .flops import count_macs, count_params
 from .registry import convert_checkpoint, create_model, list_models, load_model
@@ -18,7 +19,7 @@ from .trainer import train
 
 __all__ = [
     'create_model', 'list_models', 'load_model', 'load_checkpoint', 'save_pretrained', 'save_model',
-    'convert_checkpoint', 'Classifier', 'Prediction',
+    'convert_checkpoint', 'push_to_hub', 'Classifier', 'Prediction',
     'count_macs', 'count_params', 'benchmark_model', 'compare_hf', 'fuse_for_inference', 'compile_for_inference', 'FrozenCompiled', 'train', 'evaluate', 'predict', 'TrainConfig', 'make_config', 'CvtlabError', 'CheckpointError', 'ConfigError', 'DataError',
 ]
 __version__ = '0.1.0'

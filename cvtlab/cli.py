@@ -129,6 +129,19 @@ def cmd_predict(args) -> int:
     return 2 if errors else 0
 
 
+def cmd_push(args) -> int:
+    from .hub import push_to_hub
+    r = push_to_hub(args.source, args.repo_id, private=args.private, dry_run=args.dry_run,
+                    commit_message=args.message)
+    files = ', '.join(r['files'])
+    visibility = 'private' if r['private'] else 'default visibility'
+    if r['uploaded']:
+        print(f"* pushed {args.source} -> {r['url']} ({files}; revision {r['commit']})")
+    else:
+        print(f"* dry run: {r['folder']} holds what would be uploaded to {r['repo_id']} ({visibility}): {files}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
     from .registry import model_from_source
@@ -172,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('dst', help='output folder (config.json + model.safetensors)')
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser('push', help='upload a run or model folder to the HF Hub, with a model card')
+    p.add_argument('source', help='run directory (its best model), model folder, weights file or hf-hub:ID')
+    p.add_argument('repo_id', help='Hub repository ORG/NAME (created if absent)')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--dry-run', metavar='OUT_DIR', help='write exactly what would be uploaded to OUT_DIR, upload nothing')
+    p.add_argument('--message', default='Upload model with cvtlab push', help='commit message')
+    p.set_defaults(func=cmd_push)
 
     from .benchmark.cli import add_benchmark_parser
     add_benchmark_parser(sub)

@@ -4,7 +4,7 @@ Importing `cvtlab` registers every family with timm, so `timm.create_model('cvt_
 """
 import difflib
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import timm
 import torch.nn as nn
@@ -132,20 +132,30 @@ def registered_weights(repo_id: Optional[str]) -> Optional[str]:
     return next((name for name in list_models(pretrained=True) if get_pretrained_cfg(name).hf_hub_id == repo_id), None)
 
 
-def _load(source, model_name: Optional[str] = None):
-    """(model, architecture, its arguments, label names, source layout, keys read) of any source."""
+class Loaded(NamedTuple):
+    """A model rebuilt from its files, and what rebuilt it (what a model folder of it records)."""
+    model: nn.Module
+    architecture: str
+    model_args: dict
+    label_names: Optional[list]
+    layout: str  # of the weights read: 'cvtlab', 'official' or 'hf'
+    keys: int
+
+
+def load_with_architecture(source, model_name: Optional[str] = None) -> Loaded:
+    """`load_model(source)`, with the architecture and arguments it was built from (`model_name` overrides)."""
     path, repo_id = locate(source)
     config = read_json_config(path)
     state_dict, layout = read_checkpoint(path)
     name, args, labels = _architecture(path, state_dict, config, model_name or registered_weights(repo_id))
-    return _build(name, args, state_dict, labels, config), name, args, labels, layout, len(state_dict)
+    return Loaded(_build(name, args, state_dict, labels, config), name, args, labels, layout, len(state_dict))
 
 
 def load_model(source) -> nn.Module:
     """Rebuild a model from a model folder, a training run, a weights file or `hf-hub:ID` (`cvtlab.sources`):
     its `config.json` (or an older `NAME.json`) says what to build; without one, the architecture is read
     off the tensors. Official `microsoft/cvt-*` ids get the preprocessing of their registered weights."""
-    return _load(source)[0]
+    return load_with_architecture(source).model
 
 
 def model_from_source(source, pretrained: bool = True) -> nn.Module:
@@ -162,10 +172,11 @@ def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:
     if Path(dst).suffix in ('.safetensors', '.pth', '.bin', '.json'):
         raise ConfigError(f'{dst}: convert writes a model folder (config.json + model.safetensors): '
                           f'name a folder, e.g. {Path(dst).with_suffix("")}')
-    model, name, args, labels, layout, keys = _load(src, model_name)
-    folder = save_pretrained(model, dst, architecture=name, model_args=args, label_names=labels)
-    return dict(layout=layout, architecture=name, keys=keys, folder=str(folder),
-                params=sum(p.numel() for p in model.parameters()))
+    loaded = load_with_architecture(src, model_name)
+    folder = save_pretrained(loaded.model, dst, architecture=loaded.architecture, model_args=loaded.model_args,
+                             label_names=loaded.label_names)
+    return dict(layout=loaded.layout, architecture=loaded.architecture, keys=loaded.keys, folder=str(folder),
+                params=sum(p.numel() for p in loaded.model.parameters()))
 
 
 def describe_models(names: Optional[List[str]] = None, resolutions=(224, 384)) -> List[dict]:
