@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -113,6 +114,21 @@ def test_eval_and_predict_on_the_run(trained_run, tmp_path):
     assert len(predictions) == 8 and all(len(p['top']) == 3 for p in predictions)
     assert all(p['top'][0]['label'] in [str(d) for d in range(10)] for p in predictions)
     assert abs(sum(t['prob'] for t in predictions[0]['top']) - 1) < 0.5
+
+
+def test_the_runs_best_folder_is_read_by_timm_and_transformers(trained_run):
+    """What training writes is the model folder: timm's local-dir: loader and HF's pipeline() read it as it is."""
+    transformers = pytest.importorskip('transformers')
+    out, _ = trained_run
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = cvtlab.load_model(out).eval()(x)
+        assert torch.equal(timm.create_model(f'local-dir:{out / "best"}', pretrained=True).eval()(x), expected)
+    sample = sorted((out / 'samples').glob('*.png'))[0]
+    piped = transformers.pipeline('image-classification', model=str(out / 'best'))(str(sample), top_k=3)
+    ours = cvtlab.Classifier.from_pretrained(out, top_k=3)([sample])[0]
+    assert [p['label'] for p in piped] == [t.label for t in ours.top] and ours.top[0].label in '0123456789'
+    assert max(abs(p['score'] - t.prob) for p, t in zip(piped, ours.top)) <= 1e-5
 
 
 def test_predict_converts_every_image_mode(trained_run, tmp_path):
