@@ -50,7 +50,7 @@ class Prediction:
 
 
 def describe(item) -> str:
-    if isinstance(item, (str, Path)):
+    if item is None or isinstance(item, (str, Path)):
         return str(item)
     if isinstance(item, Image.Image):
         return f'PIL.Image {item.mode} {item.width}x{item.height}'

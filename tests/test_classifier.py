@@ -72,6 +72,7 @@ def test_bad_items_are_reported_one_by_one_and_the_rest_predicted(folder, tmp_pa
         assert not p.ok and not p.top, p
         assert __import__('re').search(reason, p.error), (reason, p.error)
         assert '\n' not in p.error
+    assert got[0].source == 'None' and got[7].source == 'int'
     assert got[-1].ok and len(got[-1].top) == 4 and got[-1].top[0].label in LABELS
     assert got[-1].to_dict()['top'][0].keys() == {'label', 'index', 'prob'}
     with pytest.raises(cvtlab.ConfigError, match='list of items'):

@@ -25,7 +25,7 @@ def _model(kind):
 
 def _logits(model, x):
     with torch.no_grad():
-        return model(x)
+        return model.eval()(x)
 
 
 def _photo(size, seed=0):
@@ -118,3 +118,18 @@ def test_older_files_and_runs_still_load(tmp_path):
     assert torch.equal(_logits(cvtlab.load_model(tmp_path / 'new').eval(), x), _logits(model, x))
     with pytest.raises(cvtlab.ConfigError, match='writes a model folder'):
         cvtlab.convert_checkpoint(run, tmp_path / 'new.safetensors')
+
+
+def test_a_save_for_hf_folder_loads_and_convert_makes_it_readable_by_transformers(tmp_path):
+    """timm's own save_for_hf repeats num_classes in model_args (TimmWrapper's KeyError); cvtlab reads such a
+    folder, and `convert` rewrites it in the format transformers reads."""
+    transformers = pytest.importorskip('transformers')
+    model, size = _model('cvt')
+    timm.models.save_for_hf(model, tmp_path / 'timm', safe_serialization=True)
+    x = torch.rand(1, 3, size, size)
+    assert torch.equal(_logits(cvtlab.load_model(tmp_path / 'timm'), x), _logits(model, x))
+    cvtlab.convert_checkpoint(tmp_path / 'timm', tmp_path / 'ours')
+    assert 'num_classes' not in json.loads((tmp_path / 'ours' / 'config.json').read_text())['model_args']
+    hf = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / 'ours').eval()
+    with torch.no_grad():
+        assert torch.equal(hf(pixel_values=x).logits, _logits(model, x))
