@@ -12,7 +12,7 @@ import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,14 +34,14 @@ def _one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
-def resolve_weights_file(path, names: Sequence[str] = _DIR_WEIGHT_FILES) -> Path:
-    """A weights file, or the first of `names` inside a model folder."""
+def resolve_weights_file(path) -> Path:
+    """A weights file, or the first of `_DIR_WEIGHT_FILES` inside a model folder."""
     path = Path(path)
     if path.is_dir():
-        for name in names:
+        for name in _DIR_WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f'{path}: directory holds no {" or ".join(names)}')
+        raise CheckpointError(f'{path}: directory holds no {" or ".join(_DIR_WEIGHT_FILES)}')
     if not path.exists():
         raise CheckpointError(f'{path}: no such checkpoint file')
     return path

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('source', help='run directory (its best model), model folder, weights file or hf-hub:ID')
     p.add_argument('repo_id', help='Hub repository ORG/NAME (created if absent)')
     p.add_argument('--private', action='store_true', help='create the repository private')
-    p.add_argument('--dry-run', metavar='OUT_DIR', help='write exactly what would be uploaded to OUT_DIR, upload nothing')
+    p.add_argument('--dry-run', metavar='OUT_DIR', help='write what would be uploaded to OUT_DIR, upload nothing')
     p.add_argument('--message', default='Upload model with cvtlab push', help='commit message')
     p.set_defaults(func=cmd_push)
 

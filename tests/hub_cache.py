@@ -3,8 +3,6 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import pytest
-
 
 def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     """Put the files of `folder` into `cache` as the `main` revision of model repository `repo_id`, laid out
@@ -20,16 +18,3 @@ def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     (repo / 'refs' / 'main').write_text(commit)
     return snapshot
 
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty HF cache, offline, for this process (huggingface_hub reads its constants at call time) and for
-    the processes it starts (through the environment)."""
-    from huggingface_hub import constants
-    cache = tmp_path / 'hf-cache'
-    cache.mkdir()
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    return cache

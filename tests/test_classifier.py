@@ -2,6 +2,7 @@
 `cvtlab predict` / `eval` paths built on it."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_bad_items_are_reported_one_by_one_and_the_rest_predicted(folder, tmp_pa
     assert len(got) == len(items)
     for p, reason in zip(got, reasons):
         assert not p.ok and not p.top, p
-        assert __import__('re').search(reason, p.error), (reason, p.error)
+        assert re.search(reason, p.error), (reason, p.error)
         assert '\n' not in p.error
     assert got[0].source == 'None' and got[7].source == 'int'
     assert got[-1].ok and len(got[-1].top) == 4 and got[-1].top[0].label in LABELS
@@ -124,7 +125,11 @@ def test_accessors_and_sources(folder, tmp_path):
 def test_eval_and_predict_run_through_the_classifier(folder, tmp_path, monkeypatch):
     built = []
     real_init = cvtlab.Classifier.__init__
-    monkeypatch.setattr(cvtlab.Classifier, '__init__', lambda self, *a, **k: built.append(k) or real_init(self, *a, **k))
+
+    def init(self, *args, **kwargs):
+        built.append(kwargs)
+        real_init(self, *args, **kwargs)
+    monkeypatch.setattr(cvtlab.Classifier, '__init__', init)
     Image.fromarray(_pixels()).save(tmp_path / 'a.png')
     results, errors = cvtlab.predict([str(tmp_path / 'a.png')], checkpoint=str(folder), top_k=3, tta='flip')
     assert len(results) == 1 and not errors and len(built) == 1 and built[0]['tta'] == 'flip'

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 import cvtlab
 from cvtlab.cli import main
-from hub_cache import fill_hf_cache, hf_cache  # noqa: F401  (a fixture)
+from hub_cache import fill_hf_cache
 
 LABELS = [str(d) for d in range(10)]
 REPO = 'someone/cvt-tiny-digits'
@@ -105,8 +106,7 @@ class FakeHfApi:
 
     def upload_folder(self, repo_id, folder_path, commit_message):
         from huggingface_hub import CommitInfo
-        files = {p.name: p.read_bytes() for p in sorted(os.scandir(folder_path), key=lambda e: e.name)
-                 for p in [__import__('pathlib').Path(p.path)]}
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder_path).iterdir())}
         self.calls.append(('upload_folder', dict(repo_id=repo_id, files=files, commit_message=commit_message)))
         return CommitInfo(commit_url=f'https://huggingface.co/{repo_id}/commit/0123abc', commit_message=commit_message,
                           commit_description='', oid='0123abc')
@@ -175,7 +175,8 @@ def test_official_ids_load_through_the_cache_like_hf(hf_cache, tmp_path, weights
     x = timm.data.create_transform(**cfg)(image)[None]
     with torch.no_grad():
         expected = hf(pixel_values=x).logits
-    for name, model in {'cvtlab hf-hub:': loaded,
-                        'timm cvt_13.ms_in1k': timm.create_model('cvt_13.ms_in1k', pretrained=True, **SMALL),
-                        'Classifier (fused)': cvtlab.Classifier.from_pretrained('hf-hub:microsoft/cvt-13').model}.items():
+    models = {'cvtlab hf-hub:': loaded,
+              'timm cvt_13.ms_in1k': timm.create_model('cvt_13.ms_in1k', pretrained=True, **SMALL),
+              'Classifier (fused)': cvtlab.Classifier.from_pretrained('hf-hub:microsoft/cvt-13').model}
+    for name, model in models.items():
         assert (_logits(model, x) - expected).abs().max().item() <= 1e-4, name
