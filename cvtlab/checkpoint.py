@@ -9,9 +9,10 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -19,13 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from .convert import detect_layout, to_cvtlab
 from .errors import CheckpointError
+from .sources import locate
 
 _logger = logging.getLogger('cvtlab')
 
-# Names tried, in order, inside a directory (HF `save_pretrained`, or cvtlab's own); a training run
-# directory holds best / last weights first.
+# Names tried, in order, inside a model folder (cvtlab's, timm's or HF transformers' `save_pretrained`)
 _DIR_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-RUN_WEIGHT_FILES = ('best.safetensors', 'last.safetensors') + _DIR_WEIGHT_FILES
 _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 
 
@@ -34,15 +34,14 @@ def _one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
-def resolve_weights_file(path, names: Sequence[str] = _DIR_WEIGHT_FILES) -> Path:
-    """A weights file, or the first of `names` inside a directory (default: an HF / cvtlab model
-    directory; `RUN_WEIGHT_FILES` for a training run's best, else last, weights)."""
+def resolve_weights_file(path) -> Path:
+    """A weights file, or the first of `_DIR_WEIGHT_FILES` inside a model folder."""
     path = Path(path)
     if path.is_dir():
-        for name in names:
+        for name in _DIR_WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f'{path}: directory holds no {" or ".join(names)}')
+        raise CheckpointError(f'{path}: directory holds no {" or ".join(_DIR_WEIGHT_FILES)}')
     if not path.exists():
         raise CheckpointError(f'{path}: no such checkpoint file')
     return path
@@ -135,11 +134,13 @@ def fit_state_dict(state_dict: dict, model: nn.Module) -> dict:
     return state_dict
 
 
-def read_checkpoint(path) -> Tuple[dict, str]:
-    """(cvtlab-layout state_dict, the layout it was stored in) of a checkpoint file or directory.
+def read_checkpoint(source) -> Tuple[dict, str]:
+    """(cvtlab-layout state_dict, the layout it was stored in) of a checkpoint file, model folder, training
+    run or `hf-hub:` id (`cvtlab.sources`).
 
     The one read of the file: callers pass the state_dict on rather than reading the path again.
     """
+    path = locate(source)[0]
     state_dict = read_state_dict(path)
     try:
         layout = detect_layout(state_dict)
@@ -154,9 +155,17 @@ def apply_state_dict(model: nn.Module, state_dict: dict) -> nn.Module:
     return model
 
 
-def load_checkpoint(model: nn.Module, path) -> nn.Module:
-    """Load official, HF transformers or cvtlab weights (file or directory) into `model`, strictly."""
-    return apply_state_dict(model, read_checkpoint(path)[0])
+def load_checkpoint(model: nn.Module, source) -> nn.Module:
+    """Load official, HF transformers or cvtlab weights (any source of `read_checkpoint`) into `model`, strictly."""
+    return apply_state_dict(model, read_checkpoint(source)[0])
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path, write: Callable[[str], None]):
@@ -167,18 +176,40 @@ def atomic_write(path, write: Callable[[str], None]):
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync(path.parent)
+
+
+def atomic_write_folder(directory, writers: Dict[str, Callable[[str], None]]) -> Path:
+    """Write the files of `directory` (name -> `write(tmp_path)`) so that no reader sees a half-written model:
+    they are written and fsynced in a temporary folder beside it; a new folder then appears whole (one
+    rename), and in an existing one each file is replaced whole, in the order given."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f'{directory} exists and is not a folder')
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', suffix='.tmp', dir=directory.parent))
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        for name, write in writers.items():
+            write(str(staging / name))
+            _fsync(staging / name)
+        if directory.exists():
+            for name in writers:
+                os.replace(staging / name, directory / name)
+            staging.rmdir()
+            _fsync(directory)
+        else:
+            os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync(directory.parent)
+    return directory
 
 
 def save_weights(path, state_dict: dict, metadata: Optional[dict] = None):
@@ -189,7 +220,11 @@ def save_weights(path, state_dict: dict, metadata: Optional[dict] = None):
 
 
 def save_model(model: nn.Module, path, model_name: str, model_args: dict, label_names=None) -> Tuple[Path, Path]:
-    """Write `path` (.safetensors, cvtlab layout) and a JSON config beside it that rebuilds the model."""
+    """Deprecated: write `path` (.safetensors) and a JSON config beside it, cvtlab's layout before the model
+    folder. `cvtlab.save_pretrained(model, DIR)` writes the folder that timm and HF transformers read too."""
+    import warnings
+    warnings.warn('cvtlab.save_model writes the older NAME.safetensors + NAME.json layout; use '
+                  'cvtlab.save_pretrained(model, DIR) for a model folder', DeprecationWarning, stacklevel=2)
     path = Path(path).with_suffix('.safetensors')
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     config = dict(

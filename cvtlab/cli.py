@@ -54,8 +54,8 @@ def cmd_models(args) -> int:
 def cmd_convert(args) -> int:
     from .registry import convert_checkpoint
     s = convert_checkpoint(args.src, args.dst, args.model)
-    print(f"* converted {s['layout']} checkpoint ({s['keys']} keys mapped, 0 dropped) -> {s['weights']} + "
-          f"{s['config']}: {s['architecture']}, {s['params']:,} params")
+    print(f"* converted {s['layout']} checkpoint ({s['keys']} keys mapped, 0 dropped) -> {s['folder']} "
+          f"(config.json + model.safetensors): {s['architecture']}, {s['params']:,} params")
     return 0
 
 
@@ -109,8 +109,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .inference import predict
     results, errors = predict(args.images, checkpoint=args.checkpoint, model=args.model,
-                              pretrained=args.pretrained, top_k=args.top_k, fuse=args.fuse, dtype=args.dtype,
-                              backend=args.backend)
+                              pretrained=args.pretrained, top_k=args.top_k, batch_size=args.batch_size,
+                              fuse=args.fuse, dtype=args.dtype, backend=args.backend, tta=args.tta, out=args.out)
     for e in errors:
         print(f'cvtlab: error: {e}', file=sys.stderr)
     if args.json:
@@ -124,31 +124,39 @@ def cmd_predict(args) -> int:
                 table.add_row(r['image'] if rank == 0 else '', t['label'], f"{t['prob']:.3f}")
         console.print(table)
     backend = f" ({results[0]['backend']})" if results and args.backend != 'torch' else ''
-    print(f'* {len(results)} images predicted, {len(errors)} unreadable{backend}', file=sys.stderr)
+    written = f' -> {args.out}' if args.out else ''
+    print(f'* {len(results)} images predicted, {len(errors)} unreadable{backend}{written}', file=sys.stderr)
     return 2 if errors else 0
 
 
-def _load_any(source: str, pretrained: bool = False):
-    """A checkpoint path / run directory, else a model name."""
-    from pathlib import Path
-    from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
-    from .registry import create_model, load_model
-    if Path(source).exists():
-        return load_model(resolve_weights_file(source, RUN_WEIGHT_FILES))
-    return create_model(source, pretrained=pretrained)
+def cmd_push(args) -> int:
+    from .hub import push_to_hub
+    r = push_to_hub(args.source, args.repo_id, private=args.private, dry_run=args.dry_run,
+                    commit_message=args.message)
+    files = ', '.join(r['files'])
+    visibility = 'private' if r['private'] else 'default visibility'
+    if r['uploaded']:
+        print(f"* pushed {args.source} -> {r['url']} ({files}; revision {r['commit']})")
+    else:
+        print(f"* dry run: {r['folder']} holds what would be uploaded to {r['repo_id']} ({visibility}): {files}")
+    return 0
 
 
 def _run_data(source: str):
-    """The data a run directory was trained on (its config.yaml), else None."""
+    """The data a run was trained on (the config.yaml of a run directory, or of the run holding a best/ or
+    last/ folder), else None."""
     from pathlib import Path
     import yaml
-    config = Path(source) / 'config.yaml'
-    return yaml.safe_load(config.read_text()).get('data') if config.is_file() else None
+    for config in (Path(source) / 'config.yaml', Path(source).parent / 'config.yaml'):
+        if config.is_file():
+            return yaml.safe_load(config.read_text()).get('data')
+    return None
 
 
 def cmd_export(args) -> int:
     from .export import calibration_batches, export_onnx
-    model = _load_any(args.source, args.pretrained)
+    from .registry import model_from_source
+    model = model_from_source(args.source, args.pretrained)
     calibration = None
     if args.int8:
         from .deploy.int8 import int8_supported
@@ -200,11 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser('convert', help='official / HF transformers / cvtlab checkpoint -> cvtlab safetensors + JSON')
-    p.add_argument('src', help='checkpoint file (.pth, .bin, .safetensors) or HF save_pretrained directory')
-    p.add_argument('dst', help='output .safetensors path (a .json config is written beside it)')
+    p = sub.add_parser('convert', help='official / HF transformers / cvtlab checkpoint -> a model folder that '
+                                       'timm and HF transformers read too')
+    p.add_argument('src', help='checkpoint file (.pth, .bin, .safetensors), model folder, run directory or hf-hub:ID')
+    p.add_argument('dst', help='output folder (config.json + model.safetensors)')
     p.add_argument('--model', help='architecture to build (default: read off the checkpoint)')
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser('push', help='upload a run or model folder to the HF Hub, with a model card')
+    p.add_argument('source', help='run directory (its best model), model folder, weights file or hf-hub:ID')
+    p.add_argument('repo_id', help='Hub repository ORG/NAME (created if absent)')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--dry-run', metavar='OUT_DIR', help='write what would be uploaded to OUT_DIR, upload nothing')
+    p.add_argument('--message', default='Upload model with cvtlab push', help='commit message')
+    p.set_defaults(func=cmd_push)
 
     from .benchmark.cli import add_benchmark_parser
     add_benchmark_parser(sub)
@@ -249,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == 'predict':
             p.add_argument('images', nargs='+', help='image files, folders or globs')
             p.add_argument('--top-k', type=_positive_int, default=5, help='labels per image')
+            p.add_argument('--batch-size', type=_positive_int, default=32, help='images per forward pass')
+            p.add_argument('--tta', choices=['flip'], help='test-time augmentation: average with the mirror image')
+            p.add_argument('--out', help='also write the predictions (errors included) to FILE.csv or FILE.json')
             p.add_argument('--json', action='store_true', help='print JSON')
-        p.add_argument('--checkpoint', help='weights file or run directory (uses best.safetensors)')
+        p.add_argument('--checkpoint', help='run directory (its best model), model folder, weights file or hf-hub:ID')
         p.add_argument('--model', help='a timm / cvtlab model name instead of a checkpoint')
         p.add_argument('--pretrained', action='store_true', help="with --model: load the model's weights")
         p.add_argument('--fuse', action=argparse.BooleanOptionalAction, default=True,

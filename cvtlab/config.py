@@ -185,3 +185,25 @@ def config_from_args(args) -> TrainConfig:
         if saved.is_file():
             recipe = str(saved)
     return make_config(recipe, **overrides)
+
+
+# Fields that do not change what a run learns (where it writes, how it logs, how many loader processes).
+_NOT_IN_COMMAND = ('output', 'resume', 'quiet', 'log_interval', 'num_workers', 'data_root', 'download')
+
+
+def command_line(config: Dict[str, Any]) -> str:
+    """The `cvtlab train` command of a resolved config (a run's config.yaml): a flag for every field that
+    differs from the default recipe's, so that defaults < default recipe < flags gives this config again."""
+    import shlex
+    base = make_config().to_dict()
+    words = ['cvtlab', 'train']
+    for name, default in base.items():
+        value = config.get(name, default)
+        if name in _NOT_IN_COMMAND or value == default or value is None:  # None: no flag sets it (defaults only)
+            continue
+        flag = '--' + name.replace('_', '-')
+        if isinstance(value, bool):
+            words.append(flag if value else f'--no-{flag[2:]}')
+        else:
+            words += [flag, *(shlex.quote(str(v)) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+    return ' '.join(words)

@@ -1,7 +1,8 @@
-"""The loops: one training epoch (`train_one_epoch`), evaluation over a loader (`evaluate_loader`) and
-prediction for a batch (`predict_batch`). One code path each (AMP off is autocast disabled).
+"""The loops: one training epoch (`train_one_epoch`) and evaluation over a loader (`evaluate_loader`). One
+code path each (AMP off is autocast disabled).
 
-`cvtlab.evaluate` / `cvtlab.predict` (`inference.py`) build on the last two, from a checkpoint or a model name.
+`cvtlab.evaluate` (`inference.py`) runs `evaluate_loader` on a `cvtlab.Classifier`'s model; prediction is the
+Classifier's own.
 """
 import contextlib
 import math
@@ -136,11 +137,3 @@ def evaluate_loader(model: nn.Module, loader, device: torch.device, num_classes:
     return dict(loss=sums[0].item() / count, top1=100.0 * confusion.diag().sum().item() / count,
                 top5=100.0 * sums[1].item() / count, count=int(sums[2].item()),
                 per_class=(100.0 * per_class).tolist(), confusion=confusion.long().numpy())
-
-
-@torch.no_grad()
-def predict_batch(model: nn.Module, images: torch.Tensor, top_k: int = 5) -> tuple:
-    """Softmax top-k (probabilities, class indices) for a batch of preprocessed images."""
-    model.eval()
-    probs = model(images).float().softmax(dim=-1)
-    return probs.topk(min(top_k, probs.shape[-1]), dim=-1)

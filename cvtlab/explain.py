@@ -116,17 +116,15 @@ def _overlay_png(image: np.ndarray, maps: Dict[str, torch.Tensor], path: Path, t
 def explain(image_path: str, checkpoint: Optional[str] = None, model: Optional[str] = None,
             pretrained: bool = False, output: str = '.') -> dict:
     """Attention (CvT) or path-contribution (LG) maps for one image, written as a PNG overlay."""
-    from timm.data import create_transform
-    from .data import load_image, resolve_data_config
+    from .data import load_image
     from .inference import load_classifier
-    net, names = load_classifier(checkpoint, model, pretrained)
-    cfg = resolve_data_config(net)
-    x = create_transform(**cfg, is_training=False)(load_image(image_path))[None]
+    clf = load_classifier(checkpoint, model, pretrained, fuse=False)  # the hooks read the model's own modules
+    net, cfg = clf.model, clf.data_config
+    x = clf.transform(load_image(image_path))[None]
     shown = (x[0].permute(1, 2, 0) * torch.tensor(cfg['std']) + torch.tensor(cfg['mean'])).clamp(0, 1).numpy()
-    with torch.no_grad():
-        probs = net(x).softmax(-1)[0]
+    probs = clf.probabilities(x)[0]
     top = int(probs.argmax())
-    label = names[top] if names is not None else str(top)
+    label = clf.label(top)
     if hasattr(net, 'stages') and hasattr(net.stages[-1], 'cls_token'):
         raw = cvt_attention_maps(net, x)
         maps = {f'cls attention, head {i}': m for i, m in enumerate(raw['heads'])}

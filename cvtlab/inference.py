@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint on a data set, and predict labels for image files: the library side of
-`cvtlab eval` and `cvtlab predict`."""
+"""Evaluate a model on a data set, and predict labels for image files: the library side of `cvtlab eval` and
+`cvtlab predict`, both on `cvtlab.Classifier`."""
+import csv
 import glob
 import json
 import os
@@ -8,63 +9,37 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
-from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images, load_image, \
-    resolve_data_config
-from .engine import evaluate_loader, predict_batch
+from .checkpoint import atomic_write
+from .classifier import Classifier, Prediction
+from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images
+from .engine import evaluate_loader
 from .errors import ConfigError, DataError
 
 
 def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
-                    fuse: bool = False, dtype: str = 'fp32', backend: str = 'torch', batch_size: int = 32):
-    """(model in eval mode, class names or None) from a checkpoint, or from a timm model name.
-
-    With `fuse` the model comes back as `cvtlab.fuse_for_inference(model)` (same outputs within 1e-5,
-    faster on CPU, eval only), as `evaluate` and `predict` ask by default; without it, the model as built
-    (what `explain` needs: its hooks read the model's own modules). `backend` 'onnxruntime' runs cvtlab's
-    ONNX export of that model in onnxruntime, 'auto' whichever a short probe at `batch_size` measures faster;
-    the model then carries `backend` (what runs, and for 'auto' why).
-    """
-    from .registry import create_model, load_model
+                    **options) -> Classifier:
+    """`Classifier.from_pretrained` of exactly one of `checkpoint` (any source: a run, a folder, a file,
+    `hf-hub:ID`) or `model` (a timm model name; random weights unless `pretrained`)."""
     if (checkpoint is None) == (model is None):
         raise ConfigError('give exactly one of --checkpoint or --model')
     if checkpoint is not None and str(checkpoint).endswith('.onnx'):
-        return _load_onnx(checkpoint, dtype)
+        return onnx_classifier(checkpoint, **options)
     if checkpoint is not None:
-        net = load_model(resolve_weights_file(checkpoint, RUN_WEIGHT_FILES))
-    else:
-        net = create_model(model, pretrained=pretrained)
-    names = net.pretrained_cfg.get('label_names')
-    if names is None and net.num_classes == 1000:
-        from timm.data import ImageNetInfo
-        names = ImageNetInfo().label_descriptions(as_dict=False)
-    labels = list(names) if names is not None else None
-    if dtype not in ('fp32', 'bf16'):
-        raise ConfigError(f"dtype must be 'fp32' or 'bf16', not {dtype!r}")
-    if dtype == 'bf16' and not fuse:
-        raise ConfigError('bf16 inference goes through the inference transform: drop --no-fuse')
-    if dtype == 'bf16' and backend == 'onnxruntime':
-        raise ConfigError('the onnxruntime backend runs fp32: drop --dtype bf16, or use --backend torch')
-    if fuse:
-        import torch
-        from .deploy import fuse_for_inference
-        torch_dtype = torch.bfloat16 if dtype == 'bf16' else torch.float32
-        net = fuse_for_inference(net, inplace=True, dtype=torch_dtype)
-    from .deploy.backends import choose_backend
-    net, note = choose_backend(net.eval(), backend, batch_size)
-    net.backend = note
-    return net, labels
+        return Classifier.from_pretrained(checkpoint, **options)
+    return Classifier.from_pretrained(model, pretrained=pretrained, **options)
 
 
-def _load_onnx(path: str, dtype: str):
-    """An exported ONNX file (fp32 or int8) and its label names: it runs in onnxruntime, as exported."""
+def onnx_classifier(path, dtype: str = 'fp32', fuse: bool = True, backend: str = 'torch', **options) -> Classifier:
+    """A file written by `cvtlab export` (fp32 or `--int8`) as a Classifier: it runs in onnxruntime as exported,
+    with the preprocessing and label names of its `.preprocess.json` (`fuse` and `backend` do not apply)."""
     from .deploy.backends import OnnxFileModel
     if dtype != 'fp32':
         raise ConfigError(f'{path}: an ONNX file runs as exported; --dtype {dtype} does not apply')
-    net = OnnxFileModel(path)
-    net.backend = f'onnxruntime ({net.onnx_dtype} ONNX file)'
-    names = net.pretrained_cfg.get('label_names')
-    return net, list(names) if names is not None else None
+    model = OnnxFileModel(path)
+    model.pretrained_cfg.setdefault('architecture', Path(path).stem)
+    classifier = Classifier(model, fuse=False, inplace=True, **options)
+    classifier.backend = f'onnxruntime ({model.onnx_dtype} ONNX file)'
+    return classifier
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):
@@ -87,20 +62,20 @@ def evaluate(checkpoint: Optional[str] = None, data: str = 'digits', model: Opti
              backend: str = 'torch') -> dict:
     """Top-1 / top-5, per-class accuracy and the confusion matrix (PNG and JSON written to `output`).
 
-    `fuse`: run `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` 'bf16':
-    in bf16 (CPUs with bf16 instructions; elsewhere fp32, with a warning); `backend` as in `load_classifier`.
+    `fuse`, `dtype` ('bf16': CPUs with bf16 instructions; elsewhere fp32, with a warning) and `backend` as in
+    `cvtlab.Classifier`, whose model and preprocessing this runs.
     """
-    from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype, backend, batch_size)
-    transform = create_transform(**resolve_data_config(net), is_training=False)
-    dataset, classes = _eval_split(data, transform, data_root, download)
-    if net.num_classes != len(classes):
-        raise DataError(f'the data has {len(classes)} classes, the model {net.num_classes}')
+    clf = load_classifier(checkpoint, model, pretrained, fuse=fuse, dtype=dtype, backend=backend,
+                          batch_size=batch_size)
+    dataset, classes = _eval_split(data, clf.transform, data_root, download)
+    if clf.num_classes != len(classes):
+        raise DataError(f'the data has {len(classes)} classes, the model {clf.num_classes}')
+    names = clf.label_names
     if names is not None and len(names) == len(classes) and list(names) != list(classes):
         raise DataError(f'the data classes {classes[:4]}... differ from the checkpoint classes {list(names)[:4]}...')
-    metrics = evaluate_loader(net, eval_loader(dataset, batch_size), torch.device('cpu'), len(classes))
+    metrics = evaluate_loader(clf.model, eval_loader(dataset, batch_size), torch.device('cpu'), len(classes))
     confusion = metrics.pop('confusion')
-    result = dict(checkpoint=str(checkpoint) if checkpoint else None, model=model, data=data, backend=net.backend,
+    result = dict(checkpoint=str(checkpoint) if checkpoint else None, model=model, data=data, backend=clf.backend,
                   **metrics,
                   classes=classes, confusion=confusion.tolist())
     if output is not None:
@@ -132,38 +107,52 @@ def expand_images(inputs: Iterable[str]) -> List[Path]:
     return paths
 
 
+PREDICTION_FORMATS = ('.csv', '.json')
+
+
+def write_predictions(predictions: Sequence[Prediction], path) -> Path:
+    """Predictions as CSV (columns as timm's inference.py: filename, index_i, label_i, prob_i, then error) or
+    JSON (a list of `Prediction.to_dict()`), chosen by the suffix; written atomically."""
+    path = Path(path)
+    if path.suffix not in PREDICTION_FORMATS:
+        raise ConfigError(f'{path}: predictions are written as {" or ".join(PREDICTION_FORMATS)}')
+    if path.suffix == '.json':
+        text = json.dumps([p.to_dict() for p in predictions], indent=2) + '\n'
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return path
+    k = max((len(p.top) for p in predictions), default=0)
+    header = ['filename'] + [f'{kind}_{i}' for kind in ('index', 'label', 'prob') for i in range(k)] + ['error']
+
+    def write(tmp):
+        with open(tmp, 'w', newline='') as f:
+            rows = csv.writer(f)
+            rows.writerow(header)
+            for p in predictions:
+                cells = [[t.index for t in p.top], [t.label for t in p.top], [f'{t.prob:.6g}' for t in p.top]]
+                rows.writerow([p.source] + [c for col in cells for c in col + [''] * (k - len(col))]
+                              + [p.error or ''])
+    atomic_write(path, write)
+    return path
+
+
 def predict(images: Sequence[str], checkpoint: Optional[str] = None, model: Optional[str] = None,
-            pretrained: bool = False, top_k: int = 5, batch_size: int = 32,
-            fuse: bool = True, dtype: str = 'fp32', backend: str = 'torch') -> Tuple[List[dict], List[str]]:
-    """Top-k labels with probabilities per image, with the model's own preprocessing.
+            pretrained: bool = False, top_k: int = 5, batch_size: int = 32, fuse: bool = True, dtype: str = 'fp32',
+            backend: str = 'torch', tta: Optional[str] = None, out: Optional[str] = None
+            ) -> Tuple[List[dict], List[str]]:
+    """Top-k labels with probabilities for image files, folders and globs, through `cvtlab.Classifier`.
 
-    Returns (results, errors): unreadable images are reported, not fatal for the others. `fuse`: run
-    `cvtlab.fuse_for_inference(model)` (the default), else the model as built; `dtype` as in `evaluate`;
-    `backend` as in `load_classifier` (each result names the backend that produced it).
+    Returns (results, errors): unreadable images are reported, not fatal for the others; each result names the
+    backend that produced it. `fuse`, `dtype`, `backend`, `tta` as in `Classifier`; `out`: also write every
+    prediction, errors included, to this .csv or .json file.
     """
-    from timm.data import create_transform
-    net, names = load_classifier(checkpoint, model, pretrained, fuse, dtype, backend, batch_size)
-    transform = create_transform(**resolve_data_config(net), is_training=False)
-    results, errors, batch, paths = [], [], [], []
-
-    def flush():
-        if not batch:
-            return
-        probs, idx = predict_batch(net, torch.stack(batch), top_k)
-        for path, p, i in zip(paths, probs.tolist(), idx.tolist()):
-            labels = [names[j] if names is not None else str(j) for j in i]
-            results.append(dict(image=str(path), top=[dict(label=lb, index=j, prob=pr)
-                                                      for lb, j, pr in zip(labels, i, p)], backend=net.backend))
-        batch.clear()
-        paths.clear()
-
-    for path in expand_images(images):
-        try:
-            batch.append(transform(load_image(path)))
-            paths.append(path)
-        except DataError as e:
-            errors.append(str(e))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return results, errors
+    if out is not None and Path(out).suffix not in PREDICTION_FORMATS:  # before any work
+        raise ConfigError(f'{out}: predictions are written as {" or ".join(PREDICTION_FORMATS)}')
+    paths = expand_images(images)
+    clf = load_classifier(checkpoint, model, pretrained, fuse=fuse, dtype=dtype, backend=backend,
+                          batch_size=batch_size, top_k=top_k, tta=tta)
+    predictions = clf([str(p) for p in paths])
+    if out is not None:
+        write_predictions(predictions, out)
+    results = [dict(image=p.source, top=[t._asdict() for t in p.top], backend=clf.backend)
+               for p in predictions if p.ok]
+    return results, [p.error for p in predictions if not p.ok]

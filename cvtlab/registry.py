@@ -3,18 +3,19 @@
 Importing `cvtlab` registers every family with timm, so `timm.create_model('cvt_13')` works too.
 """
 import difflib
-from typing import List, Optional, Tuple
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Tuple
 
 import timm
 import torch.nn as nn
 
-from .checkpoint import apply_state_dict, read_checkpoint, read_json_config, save_model
+from .checkpoint import apply_state_dict, read_checkpoint, read_json_config
 from .convert.architecture import FAMILY_KEYS, args_from_state_dict
 from .convert.hf_cvt import is_hf_cvt_config
 from .errors import CheckpointError, ConfigError
-
-# Families whose models cvtlab owns: the timm module name their models register under.
-FAMILIES = ('cvt', 'lg')
+from .folder import save_pretrained
+from .models import FAMILIES
+from .sources import is_source_path, locate
 
 
 def _family_module(arch: str):
@@ -47,12 +48,15 @@ def _check_name(name: str):
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **kwargs) -> nn.Module:
-    """Build a cvtlab (or any timm) model; `checkpoint` loads a local file or directory of any layout.
+    """Build a cvtlab (or any timm) model; `checkpoint` loads weights of any layout from any source of
+    `load_model` (a file, a model folder, a training run, `hf-hub:ID`).
 
     With `checkpoint`, `num_classes` defaults to the checkpoint's; a different one drops its head
     with a notice (fine-tuning).
     """
     _check_name(name)
+    if pretrained and not timm.list_models(name if '.' in name else f'{name}.*', pretrained=True):
+        raise ConfigError(f'{name} has no pretrained weights (train it, or give a checkpoint)')
     if checkpoint is None:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     state_dict, _ = read_checkpoint(checkpoint)
@@ -74,19 +78,30 @@ def _read_architecture(state_dict: dict, config: Optional[dict], model_name: Opt
     return name, args
 
 
+def _label_list(labels) -> Optional[list]:
+    """timm's `label_names`: a list, or a dict {index: name} (JSON keys are strings)."""
+    if isinstance(labels, dict):
+        return [labels[k] for k in sorted(labels, key=int)]
+    return list(labels) if labels else None
+
+
 def _architecture(path, state_dict: dict, config: Optional[dict], model_name: Optional[str] = None):
-    """(architecture, its arguments, class names or None) of a checkpoint: from cvtlab's JSON config, else
+    """(architecture, its arguments, class names or None) of a checkpoint: from its timm / cvtlab config, else
     read off the tensors (an HF `config.json` only adds a CvT's heads and labels)."""
     if model_name is not None:
         _check_name(model_name)
-    if config is not None and 'architecture' in config:  # cvtlab's own config
+    if config is not None and 'architecture' in config:  # a model folder's (timm format) or an older NAME.json
         name = model_name or config['architecture']
         if model_name is None:
             _check_name(name)
-        return name, {k: _tuples(v) for k, v in (config.get('model_args') or {}).items()}, config.get('label_names')
+        args = {k: _tuples(v) for k, v in (config.get('model_args') or {}).items()}
+        if config.get('num_classes') is not None:  # the folder format keeps the class count at the root only
+            args.setdefault('num_classes', config['num_classes'])
+        labels = config.get('label_names') or (config.get('pretrained_cfg') or {}).get('label_names')
+        return name, args, _label_list(labels)
     if config is not None and not is_hf_cvt_config(config):
         raise CheckpointError(
-            f'{path}: its config is neither cvtlab\'s nor an HF CvT one (model_type={config.get("model_type")!r}, '
+            f'{path}: its config is neither timm\'s nor an HF CvT one (model_type={config.get("model_type")!r}, '
             f'architectures={config.get("architectures")}); cvtlab reads HF configs of CvtForImageClassification only')
     try:
         name, args = _read_architecture(state_dict, config, model_name)
@@ -99,31 +114,69 @@ def _architecture(path, state_dict: dict, config: Optional[dict], model_name: Op
 
 def _build(name: str, args: dict, state_dict: dict, labels, config: Optional[dict]) -> nn.Module:
     model = apply_state_dict(timm.create_model(name, **args), state_dict)
+    cfg = {**model.pretrained_cfg, **((config or {}).get('pretrained_cfg') or {}), 'num_classes': model.num_classes}
     if labels:
-        model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': tuple(labels)}
-    if config and config.get('pretrained_cfg'):
-        model.pretrained_cfg = {**model.pretrained_cfg, **config['pretrained_cfg']}
+        cfg['label_names'] = tuple(labels)
+        if isinstance((config or {}).get('label_descriptions'), dict):
+            cfg['label_descriptions'] = config['label_descriptions']
+    model.pretrained_cfg = cfg
     return model
 
 
-def load_model(path) -> nn.Module:
-    """Rebuild a model from its weights: cvtlab's JSON config beside them (written by `cvtlab convert` and
-    training) says what to build; without one, the architecture is read off the tensors."""
+def registered_weights(repo_id: Optional[str]) -> Optional[str]:
+    """The cvtlab `arch.tag` whose pretrained cfg points at Hub repository `repo_id` (`microsoft/cvt-13` ->
+    `cvt_13.ms_in1k`): its preprocessing is the one those weights were made with."""
+    from timm.models import get_pretrained_cfg
+    if repo_id is None:
+        return None
+    return next((name for name in list_models(pretrained=True) if get_pretrained_cfg(name).hf_hub_id == repo_id), None)
+
+
+class Loaded(NamedTuple):
+    """A model rebuilt from its files, and what rebuilt it (what a model folder of it records)."""
+    model: nn.Module
+    architecture: str
+    model_args: dict
+    label_names: Optional[list]
+    layout: str  # of the weights read: 'cvtlab', 'official' or 'hf'
+    keys: int
+
+
+def load_with_architecture(source, model_name: Optional[str] = None) -> Loaded:
+    """`load_model(source)`, with the architecture and arguments it was built from (`model_name` overrides)."""
+    path, repo_id = locate(source)
     config = read_json_config(path)
-    state_dict, _ = read_checkpoint(path)
-    name, args, labels = _architecture(path, state_dict, config)
-    return _build(name, args, state_dict, labels, config)
+    state_dict, layout = read_checkpoint(path)
+    name, args, labels = _architecture(path, state_dict, config, model_name or registered_weights(repo_id))
+    return Loaded(_build(name, args, state_dict, labels, config), name, args, labels, layout, len(state_dict))
+
+
+def load_model(source) -> nn.Module:
+    """Rebuild a model from a model folder, a training run, a weights file or `hf-hub:ID` (`cvtlab.sources`):
+    its `config.json` (or an older `NAME.json`) says what to build; without one, the architecture is read
+    off the tensors. Official `microsoft/cvt-*` ids get the preprocessing of their registered weights."""
+    return load_with_architecture(source).model
+
+
+def model_from_source(source, pretrained: bool = True) -> nn.Module:
+    """`load_model(source)` for files and ids (`hf-hub:`, `local-dir:`), else the timm model `source` names: with
+    its pretrained weights (`cvt_13.ms_in1k`, or the default tag of `cvt_13`) when `pretrained`, else random."""
+    if is_source_path(source):
+        return load_model(source)
+    return create_model(str(source), pretrained=pretrained)
 
 
 def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:
-    """Convert any supported checkpoint to cvtlab safetensors + JSON config; returns a summary."""
-    config = read_json_config(src)
-    state_dict, layout = read_checkpoint(src)
-    name, args, labels = _architecture(src, state_dict, config, model_name)
-    model = _build(name, args, state_dict, labels, config)
-    weights, json_path = save_model(model, dst, name, args, labels)
-    return dict(layout=layout, architecture=name, keys=len(state_dict), weights=str(weights),
-                config=str(json_path), params=sum(p.numel() for p in model.parameters()))
+    """Convert any supported checkpoint (any source of `load_model`) to a model folder `dst` (`config.json` +
+    `model.safetensors`, see `cvtlab.folder`); returns a summary."""
+    if Path(dst).suffix in ('.safetensors', '.pth', '.bin', '.json'):
+        raise ConfigError(f'{dst}: convert writes a model folder (config.json + model.safetensors): '
+                          f'name a folder, e.g. {Path(dst).with_suffix("")}')
+    loaded = load_with_architecture(src, model_name)
+    folder = save_pretrained(loaded.model, dst, architecture=loaded.architecture, model_args=loaded.model_args,
+                             label_names=loaded.label_names)
+    return dict(layout=loaded.layout, architecture=loaded.architecture, keys=loaded.keys, folder=str(folder),
+                params=sum(p.numel() for p in loaded.model.parameters()))
 
 
 def describe_models(names: Optional[List[str]] = None, resolutions=(224, 384)) -> List[dict]:

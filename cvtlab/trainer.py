@@ -2,7 +2,7 @@
 
 Run directory:
     config.yaml, train.log, metrics.csv, events.out.tfevents.* (TensorBoard), classes.json,
-    last.safetensors / best.safetensors (+ .json configs that rebuild the model), train_state.pt
+    last/ and best/ (model folders, `cvtlab.folder`: config.json + model.safetensors), train_state.pt
     (everything needed to resume; plain tensors and containers, loadable with weights_only=True),
     summary.json, plots.png, samples/ (a few validation images for `cvtlab predict`).
 """
@@ -22,11 +22,12 @@ import torch
 import yaml
 
 from . import distributed
-from .checkpoint import atomic_write, save_model
+from .checkpoint import atomic_write
 from .config import TrainConfig
 from .data import build_datasets, build_transforms, eval_loader, resolve_data_config, train_loader
 from .engine import NonFiniteLoss, StepContext, evaluate_loader, train_one_epoch
 from .errors import ConfigError, CvtlabError
+from .folder import save_pretrained
 from .progress import EpochProgress
 from .registry import create_model
 
@@ -214,14 +215,12 @@ class Trainer:
         self._save_weights('last')
 
     def _save_weights(self, name: str):
-        """`name`.safetensors + .json: enough for `cvtlab.load_model`, eval and predict (EMA weights if kept)."""
+        """The model folder `name`/ (`cvtlab.folder`; EMA weights if kept), with the class names and the eval
+        preprocessing of this run: what `load_model`, eval, predict, timm and HF transformers read."""
         model = self.ema.module if self.ema else self.model
-        args = dict(num_classes=self.num_classes)
-        if self.config.drop_path_rate is not None:
-            args['drop_path_rate'] = self.config.drop_path_rate
-        save_model(model, self.output / f'{name}.safetensors', self.config.model.split('.')[0], args,
-                   self.data.classes)
-        _patch_preprocessing(self.output / f'{name}.json', self.data_config)
+        # the registered architecture with this run's class count (config.json's root): nothing else to rebuild it
+        save_pretrained(model, self.output / name, architecture=self.config.model.split('.')[0], model_args={},
+                        label_names=self.data.classes, data_config=self.data_config)
 
     def load_state(self) -> RunState:
         path = self.output / STATE_FILE
@@ -404,12 +403,6 @@ class Trainer:
                 plot_history(state.history, self.output / 'plots.png')
             _print_summary(summary)
         return summary
-
-
-def _patch_preprocessing(json_path: Path, data_config: dict):
-    config = json.loads(json_path.read_text())
-    config['pretrained_cfg'] = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + '\n'))
 
 
 def _numpy_state():

@@ -14,3 +14,17 @@ else:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty HF cache, offline, for this process (huggingface_hub reads its constants at call time) and for
+    the processes it starts (through the environment)."""
+    from huggingface_hub import constants
+    cache = tmp_path / 'hf-cache'
+    cache.mkdir()
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    return cache

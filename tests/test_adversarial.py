@@ -255,7 +255,7 @@ def test_kill_9_at_random_moments(tmp_path, trial):
         return
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['run']['epoch'] >= 1
-    cvtlab.load_model(out / 'last.safetensors')
+    cvtlab.load_model(out / 'last')
     resumed = subprocess.run([sys.executable, '-m', 'cvtlab', 'train', '--output', str(out), '--resume'],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -271,7 +271,7 @@ def _rss_mb():
 @pytest.mark.skipif(not Path('/proc/self/statm').exists(), reason='needs /proc (Linux)')
 def test_predict_soak_bounded_memory(tmp_path):
     model = timm.create_model('cvt_tiny', num_classes=5)
-    cvtlab.save_model(model, tmp_path / 'm.safetensors', 'cvt_tiny', dict(num_classes=5), list('abcde'))
+    cvtlab.save_pretrained(model, tmp_path / 'm', label_names=list('abcde'))
     rng = np.random.default_rng(0)
     folder = tmp_path / 'imgs'
     folder.mkdir()

@@ -54,9 +54,9 @@ def test_truncated_checkpoint_is_one_line_error(tmp_path, suffix):
     with pytest.raises(cvtlab.CheckpointError, match='cannot read checkpoint') as info:
         cvtlab.load_checkpoint(tiny(), path)
     assert '\n' not in str(info.value)
-    line = assert_one_line_error(run_cli('convert', path, tmp_path / 'out.safetensors'))
+    line = assert_one_line_error(run_cli('convert', path, tmp_path / 'out'))
     assert 'truncated' in line
-    assert not (tmp_path / 'out.safetensors').exists()
+    assert not (tmp_path / 'out').exists()
 
 
 def test_zero_byte_and_missing_files(tmp_path):
@@ -83,7 +83,7 @@ def test_wrong_keys_name_them(official_file, tmp_path):
     assert '1 missing keys: stages.1.blocks.0.mlp.fc1.bias' in msg
     assert '1 unexpected keys: stages.0.blocks.0.attn.extra.weight' in msg
     assert '\n' not in msg
-    line = assert_one_line_error(run_cli('convert', path, tmp_path / 'out.safetensors'))
+    line = assert_one_line_error(run_cli('convert', path, tmp_path / 'out'))
     assert 'missing keys' in line
 
 
@@ -181,8 +181,8 @@ def test_each_entry_point_reads_the_file_once(official_file, tmp_path, count_rea
     model, path = official_file
     entry_points = {
         'create_model': lambda: cvtlab.create_model('cvt_13', checkpoint=str(path), **TINY),
-        'convert_checkpoint': lambda: cvtlab.convert_checkpoint(path, tmp_path / 'out.safetensors'),
-        'load_model (cvtlab file + JSON)': lambda: cvtlab.load_model(tmp_path / 'out.safetensors'),
+        'convert_checkpoint': lambda: cvtlab.convert_checkpoint(path, tmp_path / 'out'),
+        'load_model (model folder)': lambda: cvtlab.load_model(tmp_path / 'out'),
         'load_model (bare official file)': lambda: cvtlab.load_model(path),
         'load_checkpoint': lambda: cvtlab.load_checkpoint(tiny(), path),
     }
@@ -198,19 +198,19 @@ def test_each_entry_point_reads_the_file_once(official_file, tmp_path, count_rea
 def test_bare_lg_file_is_rebuilt_as_lg(tmp_path):
     model = timm.create_model('lg_nano', num_classes=7).eval()
     x = torch.randn(2, 3, 32, 32)
-    # saved by cvtlab, its JSON config lost; and a plain safetensors file with no config at all
-    cvtlab.save_model(model, tmp_path / 'run.safetensors', 'lg_nano', dict(num_classes=7), None)
-    (tmp_path / 'run.json').unlink()
+    # a model folder that lost its config.json; and a plain safetensors file with no config at all
+    cvtlab.save_pretrained(model, tmp_path / 'run')
+    (tmp_path / 'run' / 'config.json').unlink()
     save_file(model.state_dict(), str(tmp_path / 'bare.safetensors'))
-    for path in (tmp_path / 'run.safetensors', tmp_path / 'bare.safetensors'):
+    for path in (tmp_path / 'run', tmp_path / 'bare.safetensors'):
         rebuilt = cvtlab.load_model(path).eval()
         assert type(rebuilt).__name__ == 'LGTransformer' and rebuilt.num_classes == 7
         with torch.no_grad():
             assert torch.equal(rebuilt(x), model(x))
-    summary = cvtlab.convert_checkpoint(tmp_path / 'bare.safetensors', tmp_path / 'out.safetensors')
+    summary = cvtlab.convert_checkpoint(tmp_path / 'bare.safetensors', tmp_path / 'out')
     assert summary['architecture'] == 'lg_nano' and summary['layout'] == 'cvtlab'
     with torch.no_grad():
-        assert torch.equal(cvtlab.load_model(tmp_path / 'out.safetensors').eval()(x), model(x))
+        assert torch.equal(cvtlab.load_model(tmp_path / 'out').eval()(x), model(x))
 
 
 def test_lg_file_of_no_registered_shape_needs_its_config(tmp_path):
@@ -220,14 +220,14 @@ def test_lg_file_of_no_registered_shape_needs_its_config(tmp_path):
         cvtlab.load_model(tmp_path / 'custom.safetensors')
     assert 'embed_dims=(16, 32, 48, 64)' in str(info.value) and '\n' not in str(info.value)
     # naming the variant supplies what the tensors cannot (pooling rates, design size)
-    summary = cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'out.safetensors', 'lg_nano')
+    summary = cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'out', 'lg_nano')
     assert summary['architecture'] == 'lg_nano'
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(cvtlab.load_model(tmp_path / 'out.safetensors').eval()(x), model(x))
+        assert torch.equal(cvtlab.load_model(tmp_path / 'out').eval()(x), model(x))
     with pytest.raises(cvtlab.CheckpointError, match='LG-Transformer, which cvt_13 is not'):
-        cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'o2.safetensors', 'cvt_13')
-    assert not (tmp_path / 'o2.safetensors').exists()
+        cvtlab.convert_checkpoint(tmp_path / 'custom.safetensors', tmp_path / 'o2', 'cvt_13')
+    assert not (tmp_path / 'o2').exists()
 
 
 @pytest.mark.parametrize('arch, message', [('resnet18', 'unknown checkpoint layout'),
@@ -238,9 +238,9 @@ def test_unrelated_state_dict_is_never_built_as_cvt(tmp_path, arch, message):
     with pytest.raises(cvtlab.CheckpointError, match=message):
         cvtlab.load_model(tmp_path / 'w.safetensors')
     with pytest.raises(cvtlab.CheckpointError, match=message):
-        cvtlab.convert_checkpoint(tmp_path / 'w.safetensors', tmp_path / 'out.safetensors')
-    assert not (tmp_path / 'out.safetensors').exists()
-    line = assert_one_line_error(run_cli('convert', tmp_path / 'w.safetensors', tmp_path / 'out.safetensors'))
+        cvtlab.convert_checkpoint(tmp_path / 'w.safetensors', tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+    line = assert_one_line_error(run_cli('convert', tmp_path / 'w.safetensors', tmp_path / 'out'))
     assert 'w.safetensors' in line
 
 

@@ -39,11 +39,12 @@ def test_models_table_and_json(capsys):
 def test_convert_official_checkpoint(tmp_path):
     model = timm.create_model('cvt_13', embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3))
     torch.save(cvtlab_to_official(model.state_dict()), tmp_path / 'CvT-tiny.pth')
-    result = run_cli('convert', tmp_path / 'CvT-tiny.pth', tmp_path / 'tiny.safetensors')
+    result = run_cli('convert', tmp_path / 'CvT-tiny.pth', tmp_path / 'tiny')
     assert result.returncode == 0, result.stderr
-    assert 'converted official checkpoint' in result.stdout
-    config = json.loads((tmp_path / 'tiny.json').read_text())
+    assert 'converted official checkpoint' in result.stdout and 'config.json + model.safetensors' in result.stdout
+    config = json.loads((tmp_path / 'tiny' / 'config.json').read_text())
     assert config['architecture'] == 'cvt_13' and config['model_args']['depths'] == [1, 1, 2]
+    assert config['num_classes'] == 1000 and 'num_classes' not in config['model_args']
 
 
 def test_bad_flags_exit_2(capsys):

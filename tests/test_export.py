@@ -54,8 +54,8 @@ def test_onnx_matches_pytorch_at_two_sizes(name, fuse, tmp_path):
 
 def test_export_cli_from_a_checkpoint(tmp_path):
     model = timm.create_model('cvt_tiny', num_classes=4)
-    cvtlab.save_model(model, tmp_path / 'tiny.safetensors', 'cvt_tiny', dict(num_classes=4), ['a', 'b', 'c', 'd'])
-    result = subprocess.run([sys.executable, '-m', 'cvtlab', 'export', str(tmp_path / 'tiny.safetensors'),
+    cvtlab.save_pretrained(model, tmp_path / 'tiny', label_names=['a', 'b', 'c', 'd'])
+    result = subprocess.run([sys.executable, '-m', 'cvtlab', 'export', str(tmp_path / 'tiny'),
                              str(tmp_path / 'out.onnx')], capture_output=True, text=True, timeout=300)  # fuses
     assert result.returncode == 0, result.stderr
     assert 'max |diff|' in result.stdout and 'BN folded' in result.stdout
@@ -96,11 +96,11 @@ def test_lg_path_maps_one_per_path():
 @pytest.mark.parametrize('name', ['cvt_13', 'lg_tiny'])
 def test_explain_cli_writes_png(name, tmp_path):
     model = timm.create_model(name, num_classes=3, **SMALL[name])
-    cvtlab.save_model(model, tmp_path / 'm.safetensors', name, dict(num_classes=3, **SMALL[name]), ['x', 'y', 'z'])
+    cvtlab.save_pretrained(model, tmp_path / 'm', label_names=['x', 'y', 'z'])
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (120, 90, 3), dtype=np.uint8)).save(tmp_path / 'img.jpg')
     result = subprocess.run([sys.executable, '-m', 'cvtlab', 'explain', str(tmp_path / 'img.jpg'), '--checkpoint',
-                             str(tmp_path / 'm.safetensors'), '--output', str(tmp_path)],
+                             str(tmp_path / 'm'), '--output', str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     png = tmp_path / 'explain_img.png'

@@ -95,13 +95,13 @@ def test_load_official_layout(small_reference, tmp_path):
 def test_convert_round_trip(small_reference, tmp_path):
     hf, x, expected = small_reference
     hf.save_pretrained(tmp_path / 'hf')
-    summary = cvtlab.convert_checkpoint(tmp_path / 'hf', tmp_path / 'out.safetensors')
+    summary = cvtlab.convert_checkpoint(tmp_path / 'hf', tmp_path / 'out')
     assert summary['layout'] == 'hf' and summary['architecture'] == 'cvt_13'
-    assert (tmp_path / 'out.json').is_file()
-    model = cvtlab.load_model(tmp_path / 'out.safetensors').eval()
+    assert (tmp_path / 'out' / 'config.json').is_file()
+    model = cvtlab.load_model(tmp_path / 'out').eval()
     assert (_logits(model, x) - expected).abs().max() <= 1e-4
-    assert detect_layout(cvtlab.checkpoint.read_state_dict(tmp_path / 'out.safetensors')) == 'cvtlab'
+    assert detect_layout(cvtlab.checkpoint.read_state_dict(tmp_path / 'out')) == 'cvtlab'
     # timm route with our own layout
     model = timm.create_model('cvt_13', pretrained=True, **SMALL,
-                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'out.safetensors')))
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'out' / 'model.safetensors')))
     assert (_logits(model.eval(), x) - expected).abs().max() <= 1e-4

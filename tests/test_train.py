@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -79,8 +80,9 @@ def trained_run(tmp_path_factory):
 
 def test_train_writes_complete_run_directory(trained_run):
     out, result = trained_run
-    for name in ('config.yaml', 'metrics.csv', 'train.log', 'classes.json', 'last.safetensors', 'last.json',
-                 'best.safetensors', 'best.json', 'train_state.pt', 'summary.json', 'plots.png'):
+    for name in ('config.yaml', 'metrics.csv', 'train.log', 'classes.json', 'last/config.json',
+                 'last/model.safetensors', 'best/config.json', 'best/model.safetensors', 'train_state.pt',
+                 'summary.json', 'plots.png'):
         assert (out / name).is_file(), name
     assert any(p.name.startswith('events.out.tfevents') for p in out.iterdir())
     assert len(list((out / 'samples').glob('*.png'))) == 8
@@ -112,6 +114,21 @@ def test_eval_and_predict_on_the_run(trained_run, tmp_path):
     assert len(predictions) == 8 and all(len(p['top']) == 3 for p in predictions)
     assert all(p['top'][0]['label'] in [str(d) for d in range(10)] for p in predictions)
     assert abs(sum(t['prob'] for t in predictions[0]['top']) - 1) < 0.5
+
+
+def test_the_runs_best_folder_is_read_by_timm_and_transformers(trained_run):
+    """What training writes is the model folder: timm's local-dir: loader and HF's pipeline() read it as it is."""
+    transformers = pytest.importorskip('transformers')
+    out, _ = trained_run
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = cvtlab.load_model(out).eval()(x)
+        assert torch.equal(timm.create_model(f'local-dir:{out / "best"}', pretrained=True).eval()(x), expected)
+    sample = sorted((out / 'samples').glob('*.png'))[0]
+    piped = transformers.pipeline('image-classification', model=str(out / 'best'))(str(sample), top_k=3)
+    ours = cvtlab.Classifier.from_pretrained(out, top_k=3)([sample])[0]
+    assert [p['label'] for p in piped] == [t.label for t in ours.top] and ours.top[0].label in '0123456789'
+    assert max(abs(p['score'] - t.prob) for p, t in zip(piped, ours.top)) <= 1e-5
 
 
 def test_predict_converts_every_image_mode(trained_run, tmp_path):
@@ -154,7 +171,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
     b = list(csv.DictReader(open(metrics)))
     for key in ('epoch', 'step', 'train_loss', 'val_loss', 'val_top1', 'val_top5', 'lr'):
         assert [r[key] for r in a] == [r[key] for r in b], key
-    weights = [cvtlab.checkpoint.read_state_dict(tmp_path / d / 'last.safetensors') for d in ('full', 'cut')]
+    weights = [cvtlab.checkpoint.read_state_dict(tmp_path / d / 'last') for d in ('full', 'cut')]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
@@ -168,7 +185,7 @@ def test_kill_9_leaves_loadable_checkpoint_and_resume_completes(tmp_path):
     time.sleep(0.3)
     proc.kill()
     proc.wait()
-    assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'last').num_classes == 10
     torch.load(out / 'train_state.pt', weights_only=True)
     resumed = run_cli('train', '--output', out, '--resume')
     assert resumed.returncode == 0, resumed.stderr
@@ -185,7 +202,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['world_size'] == 2 and summary['epochs'] == 1
     # validation is split across ranks without padding and reduced: every val image counted once
-    report = cvtlab.evaluate(str(out / 'best.safetensors'), 'digits')
+    report = cvtlab.evaluate(str(out / 'best'), 'digits')
     assert abs(report['top1'] - summary['best_top1']) < 1e-6
     assert 'lr 0.0005' in open(out / 'train.log').read()  # base_lr 2e-3 x global batch 64 / 256
 
@@ -243,7 +260,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
         cvtlab.train(config)
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['run']['epoch'] == 1  # epoch 1 completed and saved before the NaN
-    assert cvtlab.load_model(out / 'last.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'last').num_classes == 10
 
 
 def test_cli_errors_are_one_line(tmp_path, trained_run, capsys):
@@ -314,7 +331,7 @@ def test_train_lg_nano_on_digits_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['model'] == 'lg_nano' and summary['epochs'] == 1 and summary['best_top1'] > 10
-    model = cvtlab.load_model(out / 'best.safetensors')
+    model = cvtlab.load_model(out / 'best')
     assert type(model).__name__ != 'CvT' and model.num_classes == 10
 
 
@@ -328,7 +345,7 @@ def test_ema_bf16_accumulation_clipping_and_sgd_run(tmp_path):
     assert summary['epochs'] == 1 and summary['best_top1'] is not None
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['ema'] is not None and state['run']['step'] == 22
-    saved = cvtlab.checkpoint.read_state_dict(out / 'last.safetensors')
+    saved = cvtlab.checkpoint.read_state_dict(out / 'last')
     assert all(torch.equal(saved[k], state['ema'][k]) for k in saved)  # the EMA weights, not the raw ones
     assert not all(torch.equal(state['model'][k], state['ema'][k]) for k in saved)
 
@@ -350,9 +367,9 @@ def test_compile_flag_trains_through_dynamo_and_saves_plain_keys(tmp_path, monke
     assert len(calls) == 1 and calls[0]['dynamic'] is False
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1, 'the compiled model never ran'
     assert summary['best_top1'] > 10
-    saved = cvtlab.checkpoint.read_state_dict(out / 'last.safetensors')
+    saved = cvtlab.checkpoint.read_state_dict(out / 'last')
     assert saved and not any('_orig_mod' in k for k in saved)
-    assert cvtlab.load_model(out / 'best.safetensors').num_classes == 10
+    assert cvtlab.load_model(out / 'best').num_classes == 10
     torch._dynamo.reset()
 
 
@@ -410,18 +427,16 @@ def test_sample_transforms_are_seeded_per_sample_and_cheaply(monkeypatch):
 def test_bf16_inference_agrees_with_fp32_on_the_trained_run(trained_run):
     """Issue 16's bf16 bar: top-1 agreement with fp32 >= 99% on the digits validation split. On a CPU without
     bf16 instructions the transform keeps fp32 (and says so), so there it agrees trivially."""
-    from timm.data import create_transform
-    from cvtlab.data import build_datasets, resolve_data_config
+    from cvtlab.data import build_datasets
     from cvtlab.deploy.transform import bf16_supported
-    from cvtlab.inference import load_classifier
     out, _ = trained_run
-    fp32, _ = load_classifier(str(out), fuse=True)
-    bf16, _ = load_classifier(str(out), fuse=True, dtype='bf16')
-    assert any(p.dtype == torch.bfloat16 for p in bf16.parameters()) == bf16_supported()
-    split = build_datasets('digits', None, create_transform(**resolve_data_config(fp32), is_training=False))
+    fp32 = cvtlab.Classifier.from_pretrained(out)
+    bf16 = cvtlab.Classifier.from_pretrained(out, dtype='bf16')
+    assert any(p.dtype == torch.bfloat16 for p in bf16.model.parameters()) == bf16_supported()
+    assert bf16.dtype == ('bf16' if bf16_supported() else 'fp32')
+    split = build_datasets('digits', None, fp32.transform)
     x = torch.stack([split.val[i][0] for i in range(len(split.val))])
-    with torch.no_grad():
-        agree = (fp32(x).argmax(-1) == bf16(x).argmax(-1)).float().mean().item()
+    agree = (fp32.probabilities(x).argmax(-1) == bf16.probabilities(x).argmax(-1)).float().mean().item()
     assert len(x) == 360 and agree >= 0.99, agree
     with pytest.raises(cvtlab.CvtlabError, match='drop --no-fuse'):
-        load_classifier(str(out), fuse=False, dtype='bf16')
+        cvtlab.Classifier.from_pretrained(out, fuse=False, dtype='bf16')

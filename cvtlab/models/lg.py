@@ -96,6 +96,12 @@ class AttentionPath(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer('relative_position_index', relative_position_index(window_size), persistent=False)
 
+    def init_non_persistent_buffers(self):
+        # The index is not in the weights (it follows from window_size). HF transformers' TimmWrapper builds
+        # timm models without initialising buffers and calls this hook to fill those (as timm's Swin has it).
+        index = relative_position_index(self.window_size)
+        self.relative_position_index.copy_(index.to(self.relative_position_index.device))
+
     def extra_repr(self) -> str:
         rate = 'ceil(side/M)' if self.adaptive else self.rate
         return f'rate={rate}, window_size={self.window_size}, shift={self.shift}, num_heads={self.num_heads}'
