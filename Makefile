@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,17 @@ demo: $(VENV)/.installed
 
 # Test files run in parallel processes (one thread each; a file's tests stay together so that its module
 # fixtures run once): 5 min on a 2-core machine against 8.5 min in one process.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest -q --durations=10 -n auto --maxprocesses 4 --dist loadfile
+
+# The serve page's test drives Debian's chromium; installed here when missing and we may (root, apt-get).
+# Without it that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && export DEBIAN_FRONTEND=noninteractive && \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } \
+	  || echo '* chromium not installed: the browser test will skip'; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -183,6 +183,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve import Limits, serve
+    except ImportError as e:
+        raise ConfigError(f"cvtlab serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'cvtlab[serve]'") \
+            from None
+    if args.max_queue < args.max_batch:
+        raise ConfigError('--max-queue must be at least --max-batch')
+    return serve(args.source, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                 max_queue=args.max_queue, backend=args.backend, dtype=args.dtype,
+                 limits=Limits(max_bytes=args.max_bytes, max_images=args.max_images),
+                 pretrained=not args.random_weights)
+
+
 def cmd_explain(args) -> int:
     from .explain import explain
     r = explain(args.image, checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained,
@@ -241,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--calibration-images', type=_positive_int, default=256,
                    help='with --int8: how many images to calibrate on (default %(default)s)')
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('serve', help='serve a model over HTTP: JSON API, dynamic batching, a web page')
+    p.add_argument('source', help='run directory, model folder, weights file, hf-hub:ID, model name, or .onnx file')
+    p.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
+    p.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
+    p.add_argument('--max-batch', type=_positive_int, default=16, help='images per forward pass (default %(default)s)')
+    p.add_argument('--max-wait-ms', type=float, default=10,
+                   help='how long a batch waits for more images after its first (default %(default)s)')
+    p.add_argument('--max-queue', type=_positive_int, default=256,
+                   help='images waiting at most; beyond, requests get 503 (default %(default)s)')
+    p.add_argument('--max-bytes', type=_positive_int, default=10 * 2 ** 20,
+                   help='largest request body in bytes (default 10 MB)')
+    p.add_argument('--max-images', type=_positive_int, default=16, help='images per request (default %(default)s)')
+    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'auto'],
+                   help="torch (default), onnxruntime (cvtlab's ONNX export), or auto (whichever measures faster)")
+    p.add_argument('--dtype', choices=['fp32', 'bf16'], default='fp32', help='fp32, or bf16 on CPUs with bf16')
+    p.add_argument('--random-weights', action='store_true', help='with a model name: random weights (for trying)')
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser('explain', help='attention maps (CvT) or path contributions (LG) as PNG overlays')
     p.add_argument('image', help='an image file')

@@ -173,17 +173,17 @@ def test_exported_onnx_files_evaluate_and_predict(tmp_path):
     """`eval` / `predict --checkpoint FILE.onnx` run an exported file (fp32 or int8) with its preprocessing."""
     model, _, _ = _trained_digits_model()
     labels = [str(i) for i in range(10)]
-    cvtlab.save_model(model, tmp_path / 'tiny.safetensors', 'cvt_tiny', dict(num_classes=10), labels)
+    cvtlab.save_pretrained(model, tmp_path / 'tiny', label_names=labels)
     run = lambda *a: subprocess.run([sys.executable, '-m', 'cvtlab', *a], capture_output=True, text=True,
                                     timeout=300)
-    result = run('export', str(tmp_path / 'tiny.safetensors'), str(tmp_path / 'q.onnx'), '--int8')
-    assert result.returncode == 2 and '--calibration-data' in result.stderr  # a file does not say its data
-    result = run('export', str(tmp_path / 'tiny.safetensors'), str(tmp_path / 'q.onnx'), '--int8',
+    result = run('export', str(tmp_path / 'tiny'), str(tmp_path / 'q.onnx'), '--int8')
+    assert result.returncode == 2 and '--calibration-data' in result.stderr  # a folder does not say its data
+    result = run('export', str(tmp_path / 'tiny'), str(tmp_path / 'q.onnx'), '--int8',
                  '--calibration-data', 'digits', '--calibration-images', '64')
     assert result.returncode == 0, result.stderr
     assert 'top-1 agrees with fp32' in result.stdout and 'of 64 calibration images' in result.stdout
     from cvtlab.inference import evaluate, predict
-    ours = evaluate(str(tmp_path / 'tiny.safetensors'), 'digits')
+    ours = evaluate(str(tmp_path / 'tiny'), 'digits')
     int8 = evaluate(str(tmp_path / 'q.onnx'), 'digits')
     assert int8['backend'] == 'onnxruntime (int8 ONNX file)' and int8['count'] == ours['count'] == 360
     assert abs(int8['top1'] - ours['top1']) <= 3.0  # a briefly trained model: a loose bound

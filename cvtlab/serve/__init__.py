@@ -1,0 +1,72 @@
+"""`cvtlab serve`: a model over HTTP (FastAPI + uvicorn), with dynamic batching and a web page.
+
+    from cvtlab.serve import load_for_serving, create_app
+    app = create_app(*load_for_serving('runs/mine'))        # any ASGI server can run it
+"""
+import contextlib
+import signal
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .app import create_app
+from .batcher import DynamicBatcher, QueueFull
+from .inputs import BadInput, Limits
+
+__all__ = ['create_app', 'load_for_serving', 'serve', 'DynamicBatcher', 'QueueFull', 'BadInput', 'Limits']
+
+
+def load_for_serving(source: str, backend: str = 'torch', dtype: str = 'fp32', batch_size: int = 16,
+                     pretrained: bool = True):
+    """(Classifier, the model as built for heat maps or None) for anything cvtlab loads: a run directory, a
+    model folder, a weights file, `hf-hub:ID`, a model name (with its weights), or an exported `.onnx` file
+    (fp32 or int8; it runs as exported, without heat maps)."""
+    from ..classifier import Classifier
+    if str(source).endswith('.onnx'):
+        from ..inference import onnx_classifier
+        return onnx_classifier(source, dtype=dtype, batch_size=batch_size), None
+    from ..registry import model_from_source
+    model = model_from_source(source, pretrained)
+    explain_model = model.eval()
+    classifier = Classifier(model, backend=backend, dtype=dtype, batch_size=batch_size)  # fuses a copy
+    return classifier, explain_model
+
+
+def serve(source: str, host: str = '127.0.0.1', port: int = 8000, max_batch: int = 16, max_wait_ms: float = 10,
+          max_queue: int = 256, backend: str = 'torch', dtype: str = 'fp32', limits: Limits = Limits(),
+          pretrained: bool = True, log_level: str = 'info') -> int:
+    """Serve `source` until SIGTERM / Ctrl-C; the requests in flight then finish before it exits (0)."""
+    import uvicorn
+    classifier, explain_model = load_for_serving(source, backend, dtype, max_batch, pretrained)
+    app = create_app(classifier, explain_model=explain_model, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                     max_queue=max_queue, limits=limits)
+    print(f'* serving {classifier.model_name} ({classifier.backend}, {classifier.dtype}) at http://{host}:{port}/ '
+          f'- batches of up to {max_batch} images, {max_wait_ms:g} ms wait', flush=True)
+    server = _graceful_server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30))
+    server.run()
+    if not server.started:
+        raise ConfigError(f'could not serve on {host}:{port} (in use, or not an address of this machine?)')
+    return 0
+
+
+def _graceful_server(config):
+    """A uvicorn server for `config` whose stop on a signal is a clean exit (defined here: uvicorn is imported
+    only when serving)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that SIGTERM / SIGINT end with exit status 0 once the graceful shutdown is
+        done (the requests in flight answered): uvicorn re-raises the signal afterwards, which makes a clean
+        stop look like a crash to supervisors and tests."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+    return Server(config)
