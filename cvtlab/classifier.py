@@ -118,6 +118,28 @@ def label_names_of(model: nn.Module) -> Optional[List[str]]:
     return list(names) if names is not None else None
 
 
+def _check_options(fuse: bool, dtype: str, backend: str, tta: Optional[str], batch_size: int, top_k: int):
+    if dtype not in ('fp32', 'bf16'):
+        raise ConfigError(f"dtype must be 'fp32' or 'bf16', not {dtype!r}")
+    if dtype == 'bf16' and not fuse:
+        raise ConfigError('bf16 inference goes through the inference transform: drop --no-fuse')
+    if dtype == 'bf16' and backend == 'onnxruntime':
+        raise ConfigError('the onnxruntime backend runs fp32: drop --dtype bf16, or use --backend torch')
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta must be None or 'flip', not {tta!r}")
+    if batch_size < 1 or top_k < 1:
+        raise ConfigError('batch_size and top_k must be >= 1')
+
+
+def _inference_model(model: nn.Module, fuse: bool, dtype: str, inplace: bool) -> nn.Module:
+    """`fuse_for_inference(model)`, or the model as built (a copy unless `inplace`), in eval mode."""
+    import copy
+    from .deploy import fuse_for_inference
+    if fuse:
+        return fuse_for_inference(model, inplace=inplace, dtype=torch.bfloat16 if dtype == 'bf16' else torch.float32)
+    return (model if inplace else copy.deepcopy(model)).eval()
+
+
 class Classifier:
     """A model ready for inference (by default `fuse_for_inference`), its preprocessing and label names.
 
@@ -139,18 +161,8 @@ class Classifier:
                  data_config: Optional[dict] = None, fuse: bool = True, dtype: str = 'fp32', backend: str = 'torch',
                  batch_size: int = 32, top_k: int = 5, tta: Optional[str] = None, inplace: bool = False):
         from timm.data import create_transform
-        from .deploy import fuse_for_inference
         from .deploy.backends import choose_backend
-        if dtype not in ('fp32', 'bf16'):
-            raise ConfigError(f"dtype must be 'fp32' or 'bf16', not {dtype!r}")
-        if dtype == 'bf16' and not fuse:
-            raise ConfigError('bf16 inference goes through the inference transform: drop --no-fuse')
-        if dtype == 'bf16' and backend == 'onnxruntime':
-            raise ConfigError('the onnxruntime backend runs fp32: drop --dtype bf16, or use --backend torch')
-        if tta not in TTA_MODES:
-            raise ConfigError(f"tta must be None or 'flip', not {tta!r}")
-        if batch_size < 1 or top_k < 1:
-            raise ConfigError('batch_size and top_k must be >= 1')
+        _check_options(fuse, dtype, backend, tta, batch_size, top_k)
         self.model_name = model.pretrained_cfg.get('architecture') or type(model).__name__
         self.num_classes = model.num_classes
         self.label_names = list(label_names) if label_names is not None else label_names_of(model)
@@ -158,13 +170,7 @@ class Classifier:
             raise ConfigError(f'{len(self.label_names)} label names for {self.num_classes} classes')
         self.data_config = dict(data_config or resolve_data_config(model))
         self.transform = create_transform(**self.data_config, is_training=False)
-        if fuse:
-            model = fuse_for_inference(model, inplace=inplace, dtype=torch.bfloat16 if dtype == 'bf16' else
-                                       torch.float32)
-        elif not inplace:
-            import copy
-            model = copy.deepcopy(model)
-        self.model, self.backend = choose_backend(model.eval(), backend, batch_size)
+        self.model, self.backend = choose_backend(_inference_model(model, fuse, dtype, inplace), backend, batch_size)
         self.dtype = 'bf16' if getattr(self.model, 'dtype', torch.float32) == torch.bfloat16 else 'fp32'
         self.batch_size, self.top_k, self.tta = batch_size, top_k, tta
 

@@ -328,7 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, 'command', None) == 'eval' and args.output is None and args.checkpoint:
         from pathlib import Path
         ckpt = Path(args.checkpoint)
-        args.output = str(ckpt if ckpt.is_dir() else ckpt.parent)
+        if ckpt.exists():  # beside a local checkpoint; an hf-hub: id writes files only with --output
+            args.output = str(ckpt if ckpt.is_dir() else ckpt.parent)
     try:
         return args.func(args)
     except CvtlabError as e:

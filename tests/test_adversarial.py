@@ -279,7 +279,7 @@ def test_predict_soak_bounded_memory(tmp_path):
         Image.fromarray(rng.integers(0, 255, (int(rng.integers(8, 64)), 40, 3), dtype=np.uint8)).save(folder / f'{i}.png')
     rounds = []
     for _ in range(4):
-        results, errors = cvtlab.predict([str(folder)], checkpoint=str(tmp_path / 'm.safetensors'))
+        results, errors = cvtlab.predict([str(folder)], checkpoint=str(tmp_path / 'm'))
         assert len(results) == 300 and not errors
         rounds.append(_rss_mb())
     assert rounds[-1] - rounds[1] < 30, rounds  # 900 more predictions after warm-up: no leak

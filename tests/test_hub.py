@@ -42,7 +42,7 @@ def _logits(model, x):
         return model.eval()(x)
 
 
-def test_dry_run_then_hf_hub_id_loads_from_the_cache(run, tmp_path, hf_cache, capsys):
+def test_dry_run_then_hf_hub_id_loads_from_the_cache(run, tmp_path, hf_cache, capsys, monkeypatch):
     transformers = pytest.importorskip('transformers')
     out = tmp_path / 'upload'
     assert main(['push', str(run), REPO, '--private', '--dry-run', str(out)]) == 0
@@ -72,6 +72,10 @@ def test_dry_run_then_hf_hub_id_loads_from_the_cache(run, tmp_path, hf_cache, ca
     piped = transformers.pipeline('image-classification', model=REPO)(image, top_k=3)
     assert [t.label for t in top] == [p['label'] for p in piped]
     assert max(abs(t.prob - p['score']) for t, p in zip(top, piped)) <= 1e-5  # fused vs as built
+    # eval by id: no files unless --output names a folder (there is no checkpoint folder to write beside)
+    monkeypatch.chdir(tmp_path)
+    assert main(['eval', '--checkpoint', f'hf-hub:{REPO}', '--data', 'digits', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['count'] == 360 and not (tmp_path / 'hf-hub:someone').exists()
     # an id that is not in the cache: one clear line
     with pytest.raises(cvtlab.CheckpointError, match=r'hf-hub:someone/absent: its config.json is not in the HF '
                                                       r'cache \(HF_HUB_OFFLINE is set\)'):
