@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,12 +36,15 @@ def free_port() -> int:
 
 def start(source: str, max_batch: int, max_wait_ms: float, max_queue: int):
     port = free_port()
+    log = tempfile.NamedTemporaryFile('w', prefix='serve_load_', suffix='.log', delete=False)
     proc = subprocess.Popen([sys.executable, '-m', 'cvtlab', 'serve', source, '--port', str(port), '--max-batch',
                              str(max_batch), '--max-wait-ms', str(max_wait_ms), '--max-queue', str(max_queue),
                              '--random-weights'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=log)  # a file: a pipe nobody reads would fill
     url = f'http://127.0.0.1:{port}'
     for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f'the server exited: {Path(log.name).read_text()[-2000:]}')
         try:
             if httpx.get(url + '/health', timeout=2).status_code == 200:
                 return proc, url
@@ -92,8 +96,11 @@ def main():
         proc, url = start(args.source, batch, args.max_wait_ms, max(256, 4 * args.clients))
         try:
             load(url, bodies, args.clients, 2 * args.clients)  # warm-up
+            warm = httpx.get(url + '/info').json()['stats']
             latencies, wall, failures = load(url, bodies, args.clients, args.requests)
-            stats = httpx.get(url + '/info').json()['stats']
+            done = httpx.get(url + '/info').json()['stats']
+            stats = dict(mean_batch=(done['images'] - warm['images']) / max(1, done['batches'] - warm['batches']),
+                         largest_batch=done['largest_batch'])
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

@@ -189,8 +189,8 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise ConfigError(f"cvtlab serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'cvtlab[serve]'") \
             from None
-    if args.max_queue < args.max_batch:
-        raise ConfigError('--max-queue must be at least --max-batch')
+    if args.max_queue < max(args.max_batch, args.max_images):
+        raise ConfigError('--max-queue must be at least --max-batch and --max-images')
     return serve(args.source, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                  max_queue=args.max_queue, backend=args.backend, dtype=args.dtype,
                  limits=Limits(max_bytes=args.max_bytes, max_images=args.max_images),
@@ -204,6 +204,21 @@ def cmd_explain(args) -> int:
     print(f"* {args.image}: predicted {r['predicted']} ({r['prob']:.3f}); {len(r['maps'])} "
           f"{'attention' if r['kind'] == 'cvt' else 'path-contribution'} maps -> {r['png']}")
     return 0
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f'must be in 0..65535, not {value}')
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    import math
+    value = float(text)
+    if not (math.isfinite(value) and 0 <= value <= 60_000):
+        raise argparse.ArgumentTypeError(f'must be a number of milliseconds in 0..60000, not {text}')
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -259,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('serve', help='serve a model over HTTP: JSON API, dynamic batching, a web page')
     p.add_argument('source', help='run directory, model folder, weights file, hf-hub:ID, model name, or .onnx file')
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default %(default)s: this machine only)')
-    p.add_argument('--port', type=int, default=8000, help='port (default %(default)s)')
+    p.add_argument('--port', type=_port, default=8000, help='port (default %(default)s; 0: any free one)')
     p.add_argument('--max-batch', type=_positive_int, default=16, help='images per forward pass (default %(default)s)')
-    p.add_argument('--max-wait-ms', type=float, default=10,
+    p.add_argument('--max-wait-ms', type=_milliseconds, default=10,
                    help='how long a batch waits for more images after its first (default %(default)s)')
     p.add_argument('--max-queue', type=_positive_int, default=256,
                    help='images waiting at most; beyond, requests get 503 (default %(default)s)')

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import atomic_write
 from .errors import ConfigError, CvtlabError
 
 TOLERANCE = 1e-4
@@ -120,14 +121,19 @@ def _quantize(fp32: dict, path: Path, calibration: List[np.ndarray]) -> dict:
     if not calibration:
         raise ConfigError('int8 export: the calibration data gave no images')
     partial = path.with_name(path.name + '.partial')
-    report = quantize_onnx_int8(fp32['onnx'], partial, calibration)
-    sessions = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider']) for p in (fp32['onnx'], partial)]
-    ref, got = ([s.run(None, {'image': x})[0] for x in calibration] for s in sessions)
-    ref, got = np.concatenate(ref), np.concatenate(got)
-    os.replace(partial, path)
+    try:
+        report = quantize_onnx_int8(fp32['onnx'], partial, calibration)
+        sessions = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider']) for p in (fp32['onnx'], partial)]
+        ref, got = ([s.run(None, {'image': x})[0] for x in calibration] for s in sessions)
+        ref, got = np.concatenate(ref), np.concatenate(got)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():  # quantizing or checking failed: leave nothing half-made behind
+            partial.unlink()
     pre = json.loads(Path(fp32['preprocess']).read_text())
     pre_path = path.with_name(path.stem + '.preprocess.json')
-    pre_path.write_text(json.dumps(dict(pre, dtype='int8'), indent=2) + '\n')
+    text = json.dumps(dict(pre, dtype='int8'), indent=2) + '\n'
+    atomic_write(pre_path, lambda tmp: Path(tmp).write_text(text))
     return dict(fp32, onnx=str(path), preprocess=str(pre_path), size_mb=path.stat().st_size / 2 ** 20,
                 fp32_size_mb=fp32['size_mb'], int8=True, calibration_images=len(ref),
                 int8_top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()),

@@ -40,11 +40,16 @@ def _preprocessing(cfg: dict) -> str:
 
 
 def _training(summary: Optional[dict], command: Optional[str]) -> list:
+    """The run's accuracy and command; a local data path in the command shows as its last part only, as on
+    the Data line (the card is public; a path names a user's machine)."""
     if summary is None:
         return ['- **Training run:** not recorded (pushed from a model folder, not a cvtlab training run)']
     top5 = f", top-5 {summary['best_top5']:.2f}%" if summary.get('best_top5') is not None else ''
     lines = [f"- **Validation accuracy:** top-1 {summary['best_top1']:.2f}%{top5} (best of {summary['epochs']} "
              f"epochs, epoch {summary['best_epoch']}; final epoch top-1 {summary['final_top1']:.2f}%)"]
+    data = summary.get('data')
+    if command and data and Path(data).name and Path(data).name != data:
+        command = command.replace(str(data), Path(data).name)
     if command:
         lines.append(f'- **Trained with:** `{command}`')
     return lines

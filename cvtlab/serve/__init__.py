@@ -5,6 +5,8 @@
 """
 import contextlib
 import signal
+import socket
+import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -28,10 +30,11 @@ def load_for_serving(source: str, backend: str = 'torch', dtype: str = 'fp32', b
         from ..inference import onnx_classifier
         return onnx_classifier(source, dtype=dtype, batch_size=batch_size), None
     from ..registry import model_from_source
-    model = model_from_source(source, pretrained)
-    explain_model = model.eval()
-    classifier = Classifier(model, backend=backend, dtype=dtype, batch_size=batch_size)  # fuses a copy
-    return classifier, explain_model
+    from .overlay import explainable
+    model = model_from_source(source, pretrained).eval()
+    if not explainable(model):  # no heat maps: one copy of the model is enough
+        return Classifier(model, backend=backend, dtype=dtype, batch_size=batch_size, inplace=True), None
+    return Classifier(model, backend=backend, dtype=dtype, batch_size=batch_size), model  # fuses a copy
 
 
 def serve(source: str, host: str = '127.0.0.1', port: int = 8000, max_batch: int = 16, max_wait_ms: float = 10,
@@ -39,16 +42,31 @@ def serve(source: str, host: str = '127.0.0.1', port: int = 8000, max_batch: int
           pretrained: bool = True, log_level: str = 'info') -> int:
     """Serve `source` until SIGTERM / Ctrl-C; the requests in flight then finish before it exits (0)."""
     import uvicorn
+    sock = _listening_socket(host, port)  # first: a taken port fails before the model is loaded
     classifier, explain_model = load_for_serving(source, backend, dtype, max_batch, pretrained)
     app = create_app(classifier, explain_model=explain_model, max_batch=max_batch, max_wait_ms=max_wait_ms,
                      max_queue=max_queue, limits=limits)
+    port = sock.getsockname()[1]  # the one the system chose, for --port 0
     print(f'* serving {classifier.model_name} ({classifier.backend}, {classifier.dtype}) at http://{host}:{port}/ '
           f'- batches of up to {max_batch} images, {max_wait_ms:g} ms wait', flush=True)
-    server = _graceful_server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30))
-    server.run()
-    if not server.started:
-        raise ConfigError(f'could not serve on {host}:{port} (in use, or not an address of this machine?)')
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=30)
+    _graceful_server(config).run(sockets=[sock])
     return 0
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, or a one-line ConfigError (taken port, foreign address)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f'port must be in 0..65535, not {port}')
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ConfigError(f'cannot serve on {host}:{port}: {e.strerror or e}') from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _graceful_server(config):
@@ -63,6 +81,9 @@ def _graceful_server(config):
 
         @contextlib.contextmanager
         def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+                yield
+                return
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield

@@ -48,22 +48,28 @@ class DynamicBatcher:
             raise ValueError('need max_batch >= 1, max_queue >= max_batch and max_wait_ms >= 0')
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1e3
         self.max_queue = max_queue
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix='cvtlab-inference')
+        self.executor: Optional[ThreadPoolExecutor] = None
         self.stats = BatchStats()
         self._queue: Optional[asyncio.Queue] = None
         self._task: Optional[asyncio.Task] = None
         self._waiting = 0  # images submitted and not yet answered
 
     async def start(self):
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix='cvtlab-inference')
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._serve(), name='cvtlab-batcher')
+
+    def check_room(self, count: int = 1):
+        """QueueFull unless `count` more images may wait now: called before a request's body is even read,
+        so an overloaded server sheds load before spending memory on it."""
+        if self._waiting + count > self.max_queue:
+            self.stats.rejected += 1
+            raise QueueFull(f'{self._waiting} images are waiting (at most {self.max_queue})')
 
     async def submit(self, items: List[Any]) -> List[Any]:
         """Results for `items`, in order, once their batches have run. Raises QueueFull when accepting them
         would leave more than `max_queue` images waiting, and the batch's exception if it failed."""
-        if self._waiting + len(items) > self.max_queue:
-            self.stats.rejected += 1
-            raise QueueFull(f'{self._waiting} images are waiting (at most {self.max_queue})')
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self._waiting += len(items)
@@ -76,8 +82,14 @@ class DynamicBatcher:
             self._waiting -= len(items)
 
     async def call(self, fn: Callable, *args):
-        """Run `fn(*args)` on the inference thread (between batches): other work that needs the model."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run `fn(*args)` on the inference thread (between batches): other work that needs the model. It
+        counts as one waiting image, so it is bounded (QueueFull) like predictions."""
+        self.check_room(1)
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self._waiting -= 1
 
     async def _next_batch(self) -> list:
         batch = [await self._queue.get()]
@@ -104,6 +116,8 @@ class DynamicBatcher:
                 continue
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [item for item, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f'the batch function returned {len(results)} results for {len(live)} items')
             except Exception as e:  # one failed batch fails its own requests only
                 for _, future in live:
                     if not future.done():
@@ -117,9 +131,11 @@ class DynamicBatcher:
                 if not future.done():
                     future.set_result(result)
 
-    async def stop(self):
-        """Finish what is queued, then stop the loop task and the inference thread."""
-        while self._waiting:
+    async def stop(self, timeout: float = 60):
+        """Finish what is queued (for at most `timeout` seconds), then stop the loop task and the inference
+        thread."""
+        deadline = time.monotonic() + timeout
+        while self._waiting and not self._task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()

@@ -43,19 +43,25 @@ function show(data, name) {
     row.append(label, track, prob); result.appendChild(row);
   }
 }
+function fail(message) {
+  result.textContent = ''; const p = document.createElement('p'); p.className = 'error';
+  p.textContent = message; result.appendChild(p);
+}
 async function classify(file) {
   result.textContent = 'Classifying ' + file.name + ' ...';
   const body = new FormData(); body.append('file', file, file.name);
-  const answer = await fetch('predict', {method: 'POST', body});
-  const data = await answer.json();
-  if (!answer.ok) { result.innerHTML = ''; const p = document.createElement('p'); p.className = 'error';
-    p.textContent = data.error; result.appendChild(p); return; }
+  let answer, data;
+  try { answer = await fetch('predict', {method: 'POST', body}); data = await answer.json(); }
+  catch (e) { fail('No answer from the server (' + e + ')'); return; }
+  if (!answer.ok) { fail(data.error || ('error ' + answer.status)); return; }
   show(data, file.name);
   if (!EXPLAIN) return;
   const again = new FormData(); again.append('file', file, file.name);
-  const heat = await fetch('explain', {method: 'POST', body: again});
-  if (heat.ok) { const img = document.createElement('img'); img.className = 'heat'; img.alt = 'heat map';
-    img.src = URL.createObjectURL(await heat.blob()); result.appendChild(img); }
+  try {  // the heat map is a bonus: without it the bars stand
+    const heat = await fetch('explain', {method: 'POST', body: again});
+    if (heat.ok) { const img = document.createElement('img'); img.className = 'heat'; img.alt = 'heat map';
+      img.src = URL.createObjectURL(await heat.blob()); result.appendChild(img); }
+  } catch (e) {}
 }
 form.addEventListener('submit', e => { e.preventDefault(); if (input.files.length) classify(input.files[0]); });
 input.addEventListener('change', () => { if (input.files.length) classify(input.files[0]); });
