@@ -55,7 +55,13 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):
-    """The data to evaluate on: digits' val split, cifar's test set, a folder's val/ (else the whole folder)."""
+    """The data to evaluate on: digits' val split, cifar's test set, a folder's val/ (else the whole folder),
+    all of a wds: stream, an hfds: data set's validation split (else its train split, or the one named)."""
+    from .streaming import is_streaming, validation_part
+    if is_streaming(data):
+        dataset, classes = validation_part(data)
+        dataset.transform = transform
+        return dataset, classes
     if data in ('digits', 'cifar10', 'cifar100'):
         split = build_datasets(data, None, transform, data_root=data_root, download=download)
         return split.val, split.classes

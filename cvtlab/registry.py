@@ -110,9 +110,19 @@ def load_model(path) -> nn.Module:
     """Rebuild a model from its weights: cvtlab's JSON config beside them (written by `cvtlab convert` and
     training) says what to build; without one, the architecture is read off the tensors."""
     config = read_json_config(path)
+    if _is_other_timm_model(config):  # e.g. a resnet18 trained by `cvtlab train`: its keys are timm's own
+        from .checkpoint import read_state_dict
+        name, args, labels = _architecture(path, {}, config)
+        return _build(name, args, read_state_dict(path), labels, config)
     state_dict, _ = read_checkpoint(path)
     name, args, labels = _architecture(path, state_dict, config)
     return _build(name, args, state_dict, labels, config)
+
+
+def _is_other_timm_model(config: Optional[dict]) -> bool:
+    """cvtlab's JSON config naming a timm architecture of no cvtlab family (no layout to convert from)."""
+    arch = (config or {}).get('architecture')
+    return arch is not None and timm.is_model(arch.split('.')[0]) and _family_module(arch.split('.')[0]) is None
 
 
 def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:
