@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps animal-mnist  # data only; its code would pull in TensorFlow
 	touch $@ $(VENV)/.installed
 
 # The main job on the embedded default: train cvt_tiny on scikit-learn's digits, evaluate, predict.

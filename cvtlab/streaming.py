@@ -49,10 +49,19 @@ def is_streaming(data: Optional[str]) -> bool:
     return str(data).startswith((WDS, HFDS))
 
 
+def _require(module: str):
+    """Import an optional dependency, or say in one line how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise DataError(f'{module} is not installed: pip install "cvtlab[stream]" (webdataset, datasets)') from None
+
+
 # --- WebDataset shards -------------------------------------------------------------------------------------
 def expand_shards(pattern: str) -> List[str]:
     """The shard files of a brace pattern; every one must exist."""
-    from braceexpand import braceexpand
+    braceexpand = _require('braceexpand').braceexpand
     paths = [str(Path(p).expanduser()) for p in braceexpand(pattern)]
     missing = [p for p in paths if not Path(p).is_file()]
     if not paths or len(missing) == len(paths):
@@ -69,7 +78,7 @@ def _usable(keys) -> bool:
 def _scan_shard(path: str) -> Tuple[int, List[int], int]:
     """(usable samples, their labels, samples without an image or a label) of one shard: tar headers only,
     plus the tiny label members. Samples are grouped as webdataset groups them (same key, consecutive)."""
-    from webdataset.tariterators import base_plus_ext
+    base_plus_ext = _require('webdataset.tariterators').base_plus_ext
     labels, unusable = [], 0
     key, members = None, {}
 
@@ -319,7 +328,7 @@ def _parse_hf(spec: str) -> Tuple[str, Optional[str]]:
 
 
 def _load_hf(name: str):
-    import datasets
+    datasets = _require('datasets')
     path = Path(name).expanduser()
     if path.exists():
         try:
