@@ -186,3 +186,19 @@ def test_train_and_eval_on_shards_end_to_end(tmp_path):
                              f'wds:{val}', '--json'], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)['count'] == 9
+
+
+def test_bad_streaming_input_is_one_line(tmp_path, capsys):
+    from test_train import assert_one_line_error, run_in_process
+    pattern = write_shards(tmp_path / 'shards')
+    fast = ['--epochs', '1', '--num-workers', '0', '--quiet']
+    cases = [
+        (('--data', f'wds:{tmp_path}/missing-{{0..3}}.tar', '--val-data', f'wds:{pattern}'), 'no shard files match'),
+        (('--data', f'wds:{tmp_path}/shards/shard-{{00..07}}.tar', '--val-data', 'digits'), '3 of 8 shards missing'),
+        (('--data', f'wds:{pattern}'), 'pass --val-data'),
+        (('--data', f'wds:{pattern}', '--val-data', 'digits'), 'differ from the training classes'),
+        (('--data', f'hfds:{tmp_path}/nothing-here'), 'no such data set in the HF cache'),
+    ]
+    for i, (args, message) in enumerate(cases):
+        result = run_in_process(capsys, 'train', *args, *fast, '--output', tmp_path / f'o{i}')
+        assert_one_line_error(result, message)
