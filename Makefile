@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ demo: $(VENV)/.installed
 
 # Test files run in parallel processes (one thread each; a file's tests stay together so that its module
 # fixtures run once): 5 min on a 2-core machine against 8.5 min in one process.
+# Tests marked slow repeat the kind of another test (one of each kind always runs); test-all runs them too.
 test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q --durations=10 -n auto --maxprocesses 4 --dist loadfile -m "not slow"
+
+test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q --durations=10 -n auto --maxprocesses 4 --dist loadfile
 
 clean:

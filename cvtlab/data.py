@@ -257,13 +257,9 @@ def _local_samples(data: str, data_root: str, download: bool, val_split: float, 
 def build_datasets(data: str, train_transform, eval_transform, *, data_root: str = '~/.cache/cvtlab/data',
                    download: bool = True, val_split: float = 0.2, strict: bool = False, seed: int = 0,
                    val_data: Optional[str] = None) -> DataSplit:
-    """Training and validation data. `data` / `val_data`: 'digits', 'cifar10', 'cifar100', an image folder,
-    `wds:SHARDS` or `hfds:NAME_OR_PATH[:SPLIT]` (see `cvtlab.streaming`); `val_data` replaces the validation
-    part of `data` (its val/ folder or split, else a stratified `val_split` of it)."""
-    from . import streaming
-    if streaming.is_streaming(data) or (val_data is not None and streaming.is_streaming(val_data)):
-        return streaming.build_datasets(data, val_data, train_transform, eval_transform, data_root=data_root,
-                                        download=download, val_split=val_split, strict=strict, seed=seed)
+    """Training and validation data. `data` / `val_data`: 'digits', 'cifar10', 'cifar100' or an image folder
+    (`cvtlab.sources` adds streamed data); `val_data` replaces the validation part of `data` (its val/ folder,
+    else a stratified `val_split` of it)."""
     train, val, classes, skipped = _local_samples(data, data_root, download, val_split, strict)
     if val_data is not None:
         # the whole of `data` trains; `val_data` must name the same classes
@@ -335,7 +331,7 @@ class ResumableSampler(Sampler):
 
 class EpochLoader:
     """What the trainer iterates: a loader that starts an epoch at a given batch and knows its full length.
-    `cvtlab.streaming` gives streamed data the same interface."""
+    `cvtlab.streaming.StreamLoader` gives streamed data the same interface."""
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler, dataset, batches_per_epoch: int):
         self.loader, self.sampler, self.dataset = loader, sampler, dataset
@@ -353,9 +349,6 @@ class EpochLoader:
 
 
 def train_loader(dataset, batch_size: int, world_size: int, rank: int, seed: int, num_workers: int, pin: bool):
-    from . import streaming
-    if isinstance(dataset, streaming.ShardStream):
-        return streaming.train_loader(dataset, batch_size, world_size, rank, seed, num_workers, pin)
     sampler = ResumableSampler(dataset, world_size, rank, seed, batch_size)
     if len(sampler.inner) < batch_size:
         raise DataError(f'{len(dataset)} training images are fewer than one batch of {batch_size} per process; '
@@ -369,8 +362,5 @@ def train_loader(dataset, batch_size: int, world_size: int, rank: int, seed: int
 def eval_loader(dataset, batch_size: int, world_size: int = 1, rank: int = 0, num_workers: int = 0,
                 pin: bool = False):
     """Each rank takes every world_size-th sample: no padding, so reduced metrics are exact."""
-    from . import streaming
-    if isinstance(dataset, streaming.ShardStream):
-        return streaming.eval_loader(dataset, batch_size, world_size, rank, num_workers, pin)
     subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)

@@ -9,10 +9,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .checkpoint import RUN_WEIGHT_FILES, resolve_weights_file
-from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images, load_image, \
-    resolve_data_config
+from .data import build_datasets, folder_samples, ImageDataset, list_images, load_image, resolve_data_config
 from .engine import evaluate_loader, predict_batch
 from .errors import ConfigError, DataError
+from .sources import eval_loader
 
 
 def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,

@@ -24,12 +24,13 @@ import yaml
 from . import distributed
 from .checkpoint import atomic_write, save_model
 from .config import TrainConfig
-from .data import build_datasets, build_transforms, choose_img_size, eval_loader, resolve_data_config, train_loader
+from .data import build_transforms, choose_img_size, resolve_data_config
 from .engine import NonFiniteLoss, StepContext, evaluate_loader, train_one_epoch
 from .errors import ConfigError, CvtlabError
 from .progress import EpochProgress
 from .registry import create_model
 from .schedule import derive_schedule
+from .sources import build_datasets, eval_loader, train_loader
 
 _logger = logging.getLogger('cvtlab')
 STATE_FILE = 'train_state.pt'
