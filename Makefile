@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean browser
+.PHONY: demo test test-all clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps animal-mnist  # data only; its code would pull in TensorFlow
 	touch $@ $(VENV)/.installed
 
 # The main job on the embedded default: train cvt_tiny on scikit-learn's digits, evaluate, predict.
@@ -29,7 +30,11 @@ demo: $(VENV)/.installed
 
 # Test files run in parallel processes (one thread each; a file's tests stay together so that its module
 # fixtures run once): 5 min on a 2-core machine against 8.5 min in one process.
+# Tests marked slow repeat the kind of another test (one of each kind always runs); test-all runs them too.
 test: $(VENV)/.installed-test browser
+	$(BIN)/python -m pytest -q --durations=10 -n auto --maxprocesses 4 --dist loadfile -m "not slow"
+
+test-all: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest -q --durations=10 -n auto --maxprocesses 4 --dist loadfile
 
 # The serve page's test drives Debian's chromium; installed here when missing and we may (root, apt-get).

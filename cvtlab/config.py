@@ -23,12 +23,18 @@ class TrainConfig:
     model: str = field(default='cvt_tiny', metadata=dict(help='timm model name, or arch.tag weights'))
     pretrained: bool = field(default=False, metadata=dict(help='start from the weights of the model cfg'))
     init_checkpoint: Optional[str] = field(default=None, metadata=dict(help='start from this checkpoint (any layout)'))
-    data: str = field(default='digits', metadata=dict(help="'digits', 'cifar10', 'cifar100' or an image folder"))
+    data: str = field(default='digits', metadata=dict(
+        help="'digits', 'cifar10', 'cifar100', an image folder, wds:SHARDS (WebDataset tar shards, brace patterns) "
+             "or hfds:NAME_OR_PATH[:SPLIT] (HF datasets: a save_to_disk folder, or a Hub name from the cache)"))
+    val_data: Optional[str] = field(default=None, metadata=dict(
+        help='validation data, in any form --data takes (default: its val/ folder or split, else --val-split of it)'))
     data_root: str = field(default='~/.cache/cvtlab/data', metadata=dict(help='where cifar is stored / downloaded'))
     download: bool = field(default=True, metadata=dict(help='download cifar when absent'))
     val_split: float = field(default=0.2, metadata=dict(help='val fraction when the folder has no val/ subfolder'))
     strict_data: bool = field(default=False, metadata=dict(help='unreadable images are errors, not skipped'))
-    img_size: Optional[int] = field(default=None, metadata=dict(help="input size (default: the model's cfg)"))
+    img_size: Optional[int] = field(default=None, metadata=dict(
+        help="input size (default: pretrained, the model's cfg; from scratch, the data's own size rounded up to a "
+             "multiple of 16, at least 32, at most the model's cfg)"))
     num_workers: int = field(default=2, metadata=dict(help='data loader worker processes'))
     # --- optimisation
     epochs: int = field(default=40, metadata=dict(help='training epochs'))
@@ -42,6 +48,8 @@ class TrainConfig:
     layer_decay: Optional[float] = field(default=None, metadata=dict(help='layer-wise lr decay (fine-tuning)'))
     sched: str = field(default='cosine', metadata=dict(help='timm scheduler, stepped every update'))
     warmup_epochs: float = field(default=3, metadata=dict(help='linear warm-up length'))
+    max_warmup_frac: float = field(default=0.1, metadata=dict(
+        help='warm-up takes at most this fraction of the run (a short run is not all warm-up)'))
     warmup_lr: float = field(default=1e-6, metadata=dict(help='lr at the start of warm-up'))
     min_lr: float = field(default=1e-5, metadata=dict(help='lr at the end of the cosine'))
     clip_grad: Optional[float] = field(default=None, metadata=dict(help='clip the gradient norm to this value'))
@@ -63,6 +71,8 @@ class TrainConfig:
     grad_checkpointing: bool = field(default=False, metadata=dict(help='activation checkpointing per block'))
     ema: bool = field(default=False, metadata=dict(help='keep an EMA of the weights (evaluated and saved)'))
     ema_decay: float = field(default=0.999, metadata=dict(help='EMA decay per update'))
+    sync_bn: bool = field(default=False, metadata=dict(
+        help='SyncBatchNorm across processes (DDP on CUDA; CvT projections hold BatchNorm)'))
     # --- run control
     seed: int = field(default=0, metadata=dict(help='seed for everything (per rank)'))
     deterministic: bool = field(default=False, metadata=dict(help='torch.use_deterministic_algorithms'))
@@ -84,6 +94,8 @@ class TrainConfig:
             (0 <= self.scale[0] <= self.scale[1] <= 1, 'scale must be two fractions, low <= high'),
             (self.img_size is None or self.img_size >= 16, 'img-size must be >= 16'),
             (self.log_interval >= 1, 'log-interval must be >= 1'),
+            (self.warmup_epochs >= 0, 'warmup-epochs must be >= 0'),
+            (0.0 <= self.max_warmup_frac <= 1.0, 'max-warmup-frac must be between 0 and 1'),
         ]
         for ok, message in checks:
             if not ok:

@@ -41,15 +41,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB') if img.mode != 'RGB' else img
 
 
-def load_image(path) -> Image.Image:
-    """Open and fully decode an image as RGB (first frame of animations); DataError if impossible."""
+def load_image(path, name: Optional[str] = None) -> Image.Image:
+    """Open and fully decode an image (a path or a file object, called `name` in errors) as RGB, first frame
+    of animations; DataError if impossible."""
     try:
         with Image.open(path) as img:
             img.seek(0)
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
-        raise DataError(f'{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})') from None
+        raise DataError(f'{name or path}: not a readable image ({type(e).__name__}: {str(e)[:120]})') from None
 
 
 def check_image(path) -> Optional[str]:
@@ -79,33 +80,43 @@ def list_images(root) -> List[Path]:
 
 
 # --- datasets --------------------------------------------------------------------------------------------
+def seed_sample(seed: int, epoch: int, index: int):
+    """Seed the RNGs transforms draw from, as a function of (seed, epoch, sample index) only."""
+    s = (seed * 1_000_003 + epoch * 10_007 + index) % (2 ** 31)
+    random.seed(s)
+    np.random.seed(s)
+    # the CPU generator only, which is all transforms draw from: torch.manual_seed also queues a CUDA
+    # seeding with a formatted stack trace on every call (0.24 ms against 2 us, per sample)
+    torch.default_generator.manual_seed(s)
+
+
 class ImageDataset(Dataset):
-    """(image or path, label) samples; seeded per-sample transforms; unreadable files skipped or fatal."""
+    """(image, label) samples; seeded per-sample transforms; unreadable files skipped or fatal.
+
+    An item is a PIL image, a path, or anything `load` turns into an RGB image (an HF dataset's row index)."""
 
     def __init__(self, samples: Sequence[Tuple[object, int]], transform: Optional[Callable] = None,
-                 strict: bool = False, seed: int = 0):
+                 strict: bool = False, seed: int = 0, load: Optional[Callable] = None):
         self.samples = list(samples)
         self.transform = transform
         self.strict = strict
         self.seed = seed
+        self.load = load
         self.epoch = 0  # set by the trainer before each epoch's iterator is created
 
     def __len__(self):
         return len(self.samples)
 
-    def _seed(self, index: int):
-        s = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2 ** 31)
-        random.seed(s)
-        np.random.seed(s)
-        # the CPU generator only, which is all transforms draw from: torch.manual_seed also queues a CUDA
-        # seeding with a formatted stack trace on every call (0.24 ms against 2 us, per sample)
-        torch.default_generator.manual_seed(s)
+    def _load(self, item) -> Image.Image:
+        if self.load is not None:
+            return self.load(item)
+        return item if isinstance(item, Image.Image) else load_image(item)
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.samples)):
             item, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                img = item if isinstance(item, Image.Image) else load_image(item)
+                img = self._load(item)
                 break
             except DataError as e:
                 if self.strict:
@@ -114,18 +125,40 @@ class ImageDataset(Dataset):
         else:
             raise DataError('no readable image in the data set')
         if self.transform is not None:
-            self._seed(index)
+            seed_sample(self.seed, self.epoch, index)
             img = self.transform(img)
         return img, label
+
+    def preview(self, count: int):
+        """`count` (image, label) pairs spread over the data, untransformed (for the run's samples/ folder)."""
+        picked = [self.samples[(i * 7919) % len(self.samples)] for i in range(min(count, len(self.samples)))]
+        return [(self._load(item), label) for item, label in picked]
 
 
 @dataclass
 class DataSplit:
-    train: ImageDataset
-    val: ImageDataset
+    train: Dataset
+    val: Dataset
     classes: List[str]
     source: str
     skipped: int = 0
+    image_size: Optional[int] = None  # typical shorter side of the training images (px), when known
+
+
+def typical_size(images: Sequence[object], limit: int = 64) -> Optional[int]:
+    """Median shorter side of up to `limit` images spread over the list (PIL images or paths; headers only)."""
+    picked = [images[i * len(images) // limit] for i in range(limit)] if len(images) > limit else list(images)
+    sides = []
+    for item in picked:
+        try:
+            if isinstance(item, Image.Image):
+                sides.append(min(item.size))
+            else:
+                with Image.open(item) as img:
+                    sides.append(min(img.size))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return int(np.median(sides)) if sides else None
 
 
 def _stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0):
@@ -212,19 +245,39 @@ def folder_samples(root: str, val_fraction: float, strict: bool):
     return [train[i] for i in train_idx], [train[i] for i in val_idx], classes, skipped
 
 
-def build_datasets(data: str, train_transform, eval_transform, *, data_root: str = '~/.cache/cvtlab/data',
-                   download: bool = True, val_split: float = 0.2, strict: bool = False, seed: int = 0) -> DataSplit:
-    skipped = 0
+def _local_samples(data: str, data_root: str, download: bool, val_split: float, strict: bool):
+    """(train, val, classes, skipped) of digits, cifar or an image folder."""
     if data == 'digits':
-        train, val, classes = digits_samples(val_split)
-    elif data in ('cifar10', 'cifar100'):
-        train, val, classes = cifar_samples(data, data_root, download)
-    else:
-        train, val, classes, skipped = folder_samples(data, val_split, strict)
+        return (*digits_samples(val_split), 0)
+    if data in ('cifar10', 'cifar100'):
+        return (*cifar_samples(data, data_root, download), 0)
+    return folder_samples(data, val_split, strict)
+
+
+def build_datasets(data: str, train_transform, eval_transform, *, data_root: str = '~/.cache/cvtlab/data',
+                   download: bool = True, val_split: float = 0.2, strict: bool = False, seed: int = 0,
+                   val_data: Optional[str] = None) -> DataSplit:
+    """Training and validation data. `data` / `val_data`: 'digits', 'cifar10', 'cifar100' or an image folder
+    (`cvtlab.datasources` adds streamed data); `val_data` replaces the validation part of `data` (its val/ folder,
+    else a stratified `val_split` of it)."""
+    train, val, classes, skipped = _local_samples(data, data_root, download, val_split, strict)
+    if val_data is not None:
+        # the whole of `data` trains; `val_data` must name the same classes
+        train, (val_train, val, val_classes, more) = train + val, _local_samples(val_data, data_root, download,
+                                                                                 val_split, strict)
+        val, skipped = val_train + val, skipped + more
+        check_same_classes(classes, val_classes, val_data)
     if not train or not val:
         raise DataError(f'{data}: no images to train or validate on')
     return DataSplit(ImageDataset(train, train_transform, strict, seed), ImageDataset(val, eval_transform, strict),
-                     classes, data, skipped)
+                     classes, data if val_data is None else f'{data} (val: {val_data})', skipped,
+                     typical_size([item for item, _ in train]))
+
+
+def check_same_classes(classes: List[str], val_classes: List[str], val_data: str):
+    if list(val_classes) != list(classes):
+        raise DataError(f'--val-data {val_data}: its classes {list(val_classes)[:5]} differ from the training '
+                        f'classes {list(classes)[:5]}')
 
 
 # --- transforms ----------------------------------------------------------------------------------------
@@ -233,6 +286,15 @@ def resolve_data_config(model, img_size: Optional[int] = None) -> dict:
     from timm.data import resolve_data_config as timm_resolve
     args = {'input_size': (3, img_size, img_size)} if img_size else {}
     return timm_resolve(args, model=model)
+
+
+def choose_img_size(model_size: int, data_size: Optional[int], pretrained: bool) -> int:
+    """Input size when --img-size is not given: pretrained weights keep their own size; from scratch, the data's
+    own size rounded up to a multiple of 16 (CvT's total stride), at least 32 and at most the model's cfg, so a
+    224 px timm model trains on 28 px digits at 32 px, not blown up 8x."""
+    if pretrained or data_size is None:
+        return model_size
+    return int(min(model_size, max(32, -(-data_size // 16) * 16)))
 
 
 def build_transforms(data_config: dict, *, scale=(0.08, 1.0), hflip=0.5, auto_augment=None, color_jitter=None,
@@ -267,14 +329,34 @@ class ResumableSampler(Sampler):
         return max(0, len(self.inner) - self.skip_batches * self.batch_size)
 
 
+class EpochLoader:
+    """What the trainer iterates: a loader that starts an epoch at a given batch and knows its full length.
+    `cvtlab.streaming.StreamLoader` gives streamed data the same interface."""
+
+    def __init__(self, loader: DataLoader, sampler: ResumableSampler, dataset, batches_per_epoch: int):
+        self.loader, self.sampler, self.dataset = loader, sampler, dataset
+        self.batches_per_epoch = batches_per_epoch
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0):
+        self.sampler.set_epoch(epoch, skip_batches)
+        self.dataset.epoch = epoch  # seeds the augmentation (dataset copies in workers are made per iterator)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self):  # batches left in the epoch
+        return len(self.loader)
+
+
 def train_loader(dataset, batch_size: int, world_size: int, rank: int, seed: int, num_workers: int, pin: bool):
     sampler = ResumableSampler(dataset, world_size, rank, seed, batch_size)
     if len(sampler.inner) < batch_size:
         raise DataError(f'{len(dataset)} training images are fewer than one batch of {batch_size} per process; '
                         f'lower --batch-size')
     # drop_last: every batch full (Mixup needs an even batch; the step count is fixed for resume)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                      pin_memory=pin)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                        pin_memory=pin)
+    return EpochLoader(loader, sampler, dataset, len(sampler.inner) // batch_size)
 
 
 def eval_loader(dataset, batch_size: int, world_size: int = 1, rank: int = 0, num_workers: int = 0,

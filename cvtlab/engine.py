@@ -58,7 +58,8 @@ def _to_device(images, targets, ctx: StepContext):
 
 def train_one_epoch(model: nn.Module, loader, ctx: StepContext, *, epoch: int, step: int,
                     should_stop: Callable[[], bool], on_step: Callable[[int, float, float], None]) -> dict:
-    """Train until the loader ends or `should_stop()` at an update boundary. `step` counts batches overall.
+    """Train until the loader ends or `should_stop()` at an update boundary on any rank (all ranks then stop after
+    the same update). `step` counts batches overall.
 
     Returns the loss sum and batch count, images seen, the batch counter, whether it was interrupted and
     `data_seconds`: time spent waiting for the loader (a slow input pipeline shows here, not in the model).
@@ -78,7 +79,12 @@ def train_one_epoch(model: nn.Module, loader, ctx: StepContext, *, epoch: int, s
             with ctx.autocast():
                 loss = ctx.loss_fn(model(images), targets)
             ctx.scaler.scale(loss / ctx.grad_accum).backward()
-        loss_value = all_reduce_sum(loss.detach().double().reshape(1)).item() / _world()
+        # one collective per step: the mean loss, and how many ranks were asked to stop (a signal reaches one
+        # rank, or all of them at different steps; every rank must stop after the same update)
+        stop_vote = float(update and should_stop())
+        loss_total, stop_votes = all_reduce_sum(torch.stack([loss.detach().double(),
+                                                             loss.new_tensor(stop_vote, dtype=torch.float64)])).tolist()
+        loss_value = loss_total / _world()
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f'loss is {loss_value} at epoch {epoch + 1}, step {step + 1}')
         step += 1
@@ -88,7 +94,7 @@ def train_one_epoch(model: nn.Module, loader, ctx: StepContext, *, epoch: int, s
         images_seen += images.shape[0] * _world()
         batches += 1
         on_step(step, loss_value, ctx.optimizer.param_groups[0]['lr'])
-        if update and should_stop():
+        if stop_votes > 0:
             return dict(loss_sum=loss_sum, batches=batches, images=images_seen, step=step, interrupted=True,
                         data_seconds=data_seconds)
         ready = time.perf_counter()

@@ -11,7 +11,8 @@ import torch
 
 from .checkpoint import atomic_write
 from .classifier import Classifier, Prediction
-from .data import build_datasets, eval_loader, folder_samples, ImageDataset, list_images
+from .data import build_datasets, folder_samples, ImageDataset, list_images
+from .datasources import eval_loader
 from .engine import evaluate_loader
 from .errors import ConfigError, DataError
 
@@ -43,7 +44,13 @@ def onnx_classifier(path, dtype: str = 'fp32', fuse: bool = True, backend: str =
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):
-    """The data to evaluate on: digits' val split, cifar's test set, a folder's val/ (else the whole folder)."""
+    """The data to evaluate on: digits' val split, cifar's test set, a folder's val/ (else the whole folder),
+    all of a wds: stream, an hfds: data set's validation split (else its train split, or the one named)."""
+    from .streaming import is_streaming, validation_part
+    if is_streaming(data):
+        dataset, classes = validation_part(data)
+        dataset.transform = transform
+        return dataset, classes
     if data in ('digits', 'cifar10', 'cifar100'):
         split = build_datasets(data, None, transform, data_root=data_root, download=download)
         return split.val, split.classes

@@ -146,6 +146,11 @@ def load_with_architecture(source, model_name: Optional[str] = None) -> Loaded:
     """`load_model(source)`, with the architecture and arguments it was built from (`model_name` overrides)."""
     path, repo_id = locate(source)
     config = read_json_config(path)
+    if _is_other_timm_model(config):  # e.g. a resnet18 trained by `cvtlab train`: its keys are timm's own
+        from .checkpoint import read_state_dict
+        state_dict = read_state_dict(path)
+        name, args, labels = _architecture(path, {}, config, model_name)
+        return Loaded(_build(name, args, state_dict, labels, config), name, args, labels, 'timm', len(state_dict))
     state_dict, layout = read_checkpoint(path)
     name, args, labels = _architecture(path, state_dict, config, model_name or registered_weights(repo_id))
     return Loaded(_build(name, args, state_dict, labels, config), name, args, labels, layout, len(state_dict))
@@ -164,6 +169,12 @@ def model_from_source(source, pretrained: bool = True) -> nn.Module:
     if is_source_path(source):
         return load_model(source)
     return create_model(str(source), pretrained=pretrained)
+
+
+def _is_other_timm_model(config: Optional[dict]) -> bool:
+    """cvtlab's JSON config naming a timm architecture of no cvtlab family (no layout to convert from)."""
+    arch = (config or {}).get('architecture')
+    return arch is not None and timm.is_model(arch.split('.')[0]) and _family_module(arch.split('.')[0]) is None
 
 
 def convert_checkpoint(src, dst, model_name: Optional[str] = None) -> dict:

@@ -24,12 +24,14 @@ import yaml
 from . import distributed
 from .checkpoint import atomic_write
 from .config import TrainConfig
-from .data import build_datasets, build_transforms, eval_loader, resolve_data_config, train_loader
+from .data import build_transforms, choose_img_size, resolve_data_config
 from .engine import NonFiniteLoss, StepContext, evaluate_loader, train_one_epoch
 from .errors import ConfigError, CvtlabError
 from .folder import save_pretrained
 from .progress import EpochProgress
 from .registry import create_model
+from .schedule import derive_schedule
+from .datasources import build_datasets, eval_loader, train_loader
 
 _logger = logging.getLogger('cvtlab')
 STATE_FILE = 'train_state.pt'
@@ -139,20 +141,17 @@ class Trainer:
         from .registry import _check_name
         _check_name(c.model)  # before any data work
         self.data = build_datasets(c.data, None, None, data_root=c.data_root, download=c.download,
-                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed)
+                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data)
         self.num_classes = len(self.data.classes)
-        kwargs = dict(num_classes=self.num_classes)
-        if c.drop_path_rate is not None:
-            kwargs['drop_path_rate'] = c.drop_path_rate
-        self.model = create_model(c.model, pretrained=c.pretrained, checkpoint=c.init_checkpoint, **kwargs)
-        if self.model.num_classes != self.num_classes:  # a checkpoint with another head: replace it
-            self.model.reset_classifier(self.num_classes)
-        self.data_config = resolve_data_config(self.model, c.img_size)
+        self.model = self._create_model()
+        self.data_config = resolve_data_config(self.model, self.img_size)
         self.data.train.transform, self.data.val.transform = build_transforms(
             self.data_config, scale=c.scale, hflip=c.hflip, auto_augment=c.auto_augment,
             color_jitter=c.color_jitter, reprob=c.reprob)
         if c.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if c.sync_bn:
+            self.model = distributed.convert_sync_batchnorm(self.model, env)
         self.model.to(env.device)
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -161,8 +160,28 @@ class Trainer:
                                          c.num_workers, pin)
         self.val_loader = eval_loader(self.data.val, c.batch_size * 2, env.world_size, env.rank, c.num_workers, pin)
         self.global_batch = c.batch_size * env.world_size * c.grad_accum
-        self.lr = c.lr if c.lr is not None else c.base_lr * self.global_batch / 256
         self._build_optimization()
+
+    def _create_model(self):
+        """Any timm model (cvtlab's or not) with this data's classes, at the input size `choose_img_size` picks.
+        Models with a fixed input size (ViT's position embedding) are built at that size."""
+        from timm.models import get_pretrained_cfg
+        c = self.config
+        cfg = get_pretrained_cfg(c.model)
+        cfg_size = cfg.input_size[-1] if cfg is not None else 224
+        pretrained = c.pretrained or c.init_checkpoint is not None
+        self.img_size = c.img_size or choose_img_size(cfg_size, self.data.image_size, pretrained)
+        # the arguments that rebuild the model (saved beside its weights), besides num_classes
+        self.model_args = {}
+        if c.drop_path_rate is not None:
+            self.model_args['drop_path_rate'] = c.drop_path_rate
+        if cfg is not None and cfg.fixed_input_size and self.img_size != cfg_size:
+            self.model_args['img_size'] = self.img_size
+        model = create_model(c.model, pretrained=c.pretrained, checkpoint=c.init_checkpoint,
+                             num_classes=self.num_classes, **self.model_args)
+        if model.num_classes != self.num_classes:  # a checkpoint with another head: replace it
+            model.reset_classifier(self.num_classes)
+        return model
 
     def _build_optimization(self):
         from timm.data import Mixup
@@ -171,14 +190,16 @@ class Trainer:
         from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
         c, env = self.config, self.env
-        opt_args = dict(momentum=c.momentum) if c.opt in ('sgd', 'momentum', 'nesterov') else {}
-        self.optimizer = create_optimizer_v2(self.model, c.opt, lr=self.lr, weight_decay=c.weight_decay,
-                                             layer_decay=c.layer_decay, **opt_args)
         self.updates_per_epoch = len(self.train_loader) // c.grad_accum
         if self.updates_per_epoch < 1:
             raise ConfigError('fewer batches per epoch than --grad-accum')
+        self.schedule = derive_schedule(c, self.global_batch, self.updates_per_epoch)
+        self.lr = self.schedule.lr
+        opt_args = dict(momentum=c.momentum) if c.opt in ('sgd', 'momentum', 'nesterov') else {}
+        self.optimizer = create_optimizer_v2(self.model, c.opt, lr=self.lr, weight_decay=c.weight_decay,
+                                             layer_decay=c.layer_decay, **opt_args)
         self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=c.sched, num_epochs=c.epochs, warmup_epochs=c.warmup_epochs,
+            self.optimizer, sched=c.sched, num_epochs=c.epochs, warmup_epochs=self.schedule.warmup_epochs,
             warmup_lr=c.warmup_lr, min_lr=c.min_lr, step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
         mixup = None
         if c.mixup > 0 or c.cutmix > 0:
@@ -218,9 +239,9 @@ class Trainer:
         """The model folder `name`/ (`cvtlab.folder`; EMA weights if kept), with the class names and the eval
         preprocessing of this run: what `load_model`, eval, predict, timm and HF transformers read."""
         model = self.ema.module if self.ema else self.model
-        # the registered architecture with this run's class count (config.json's root): nothing else to rebuild it
-        save_pretrained(model, self.output / name, architecture=self.config.model.split('.')[0], model_args={},
-                        label_names=self.data.classes, data_config=self.data_config)
+        # the registered architecture, this run's model arguments (e.g. a timm model's img_size) and class count
+        save_pretrained(model, self.output / name, architecture=self.config.model.split('.')[0],
+                        model_args=dict(self.model_args), label_names=self.data.classes, data_config=self.data_config)
 
     def load_state(self) -> RunState:
         path = self.output / STATE_FILE
@@ -263,7 +284,7 @@ class Trainer:
         try:
             with stop.installed():
                 while state.epoch < c.epochs:
-                    if not self._train_epoch(state, progress, stop, writer):
+                    if not self._train_epoch(state, progress, stop, writer) and state.epoch < c.epochs:
                         return self._interrupted(state, stop)
         except NonFiniteLoss as e:
             raise CvtlabError(f'{e}; run stopped, the last good checkpoint stays in {self.output}') from None
@@ -275,8 +296,7 @@ class Trainer:
     def _train_epoch(self, state: RunState, progress: EpochProgress, stop: StopFlag, writer) -> bool:
         c = self.config
         loader = self.train_loader
-        loader.sampler.set_epoch(state.epoch, skip_batches=state.batch_in_epoch)
-        self.data.train.epoch = state.epoch
+        loader.set_epoch(state.epoch, skip_batches=state.batch_in_epoch)
         progress.start_epoch(state.epoch, c.epochs, len(loader) + state.batch_in_epoch, state.batch_in_epoch)
         t0 = time.time()
         seen = [0]
@@ -300,7 +320,7 @@ class Trainer:
         state.epoch_data_seconds += result['data_seconds']
         state.batch_in_epoch += result['step'] - state.step
         state.step = result['step']
-        if result['interrupted'] and state.batch_in_epoch < len(loader.sampler.inner) // c.batch_size:
+        if result['interrupted'] and state.batch_in_epoch < loader.batches_per_epoch:
             self.save_state(state)
             return False
         metrics = self._evaluate()
@@ -320,7 +340,7 @@ class Trainer:
             if self.is_main:
                 self._save_weights('best')
         self.save_state(state)
-        return not stop()
+        return not distributed.any_rank(stop())  # a signal during evaluation: every rank stops here
 
     def _evaluate(self) -> dict:
         if self.env.distributed:  # BN statistics drift apart per rank: evaluate (and save) rank 0's everywhere
@@ -334,7 +354,10 @@ class Trainer:
 
     # --- outputs ------------------------------------------------------------------------------------------
     def _write_run_files(self):
-        text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        # the derived values as comments: the file stays a recipe that --resume reads back
+        text = yaml.safe_dump(self.config.to_dict(), sort_keys=False) + self.schedule.describe(
+            self.config, self.global_batch) + f'\n# derived: input {self.img_size} px\n'
+
         atomic_write(self.output / 'config.yaml', lambda tmp: Path(tmp).write_text(text))
         classes = json.dumps(dict(classes=self.data.classes,
                                   class_to_idx={n: i for i, n in enumerate(self.data.classes)}), indent=1)
@@ -343,13 +366,9 @@ class Trainer:
         self._write_samples()
 
     def _write_samples(self, count: int = 8):
-        from .data import load_image
         folder = self.output / 'samples'
         folder.mkdir(exist_ok=True)
-        samples = self.data.val.samples
-        for i in range(min(count, len(samples))):
-            item, label = samples[(i * 7919) % len(samples)]
-            img = item if not isinstance(item, (str, Path)) else load_image(item)
+        for i, (img, label) in enumerate(self.data.val.preview(count)):
             img.save(folder / f'{i:02d}_{self.data.classes[label]}.png')
 
     def _tensorboard(self):
@@ -382,7 +401,8 @@ class Trainer:
                 writer.add_scalar(key, row[key], row['epoch'])
 
     def _interrupted(self, state: RunState, stop: StopFlag) -> dict:
-        _logger.info(f'{stop.requested}: stopped at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; '
+        why = stop.requested or 'a stop request on another process'
+        _logger.info(f'{why}: stopped at epoch {state.epoch + 1}, batch {state.batch_in_epoch}; '
                      f'state saved in {self.output}; continue with: cvtlab train --output {self.output} --resume')
         return dict(interrupted=True, epoch=state.epoch, step=state.step, output=str(self.output))
 

@@ -204,7 +204,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     # validation is split across ranks without padding and reduced: every val image counted once
     report = cvtlab.evaluate(str(out / 'best'), 'digits')
     assert abs(report['top1'] - summary['best_top1']) < 1e-6
-    assert 'lr 0.0005' in open(out / 'train.log').read()  # base_lr 2e-3 x global batch 64 / 256
+    assert 'lr 0.001 ' in open(out / 'train.log').read()  # base_lr 4e-3 x global batch 64 / 256
 
 
 def test_corrupt_files_skipped_and_counted_or_fatal(tmp_path, caplog):

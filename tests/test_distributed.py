@@ -1,0 +1,169 @@
+"""Training past one process: launchers' environments, SyncBatchNorm, a real two-node job on localhost, and a
+SIGTERM that reaches one rank of a DDP job (all stop at the same step, save once, resume)."""
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cvtlab
+from cvtlab import distributed
+from cvtlab.errors import ConfigError
+
+# A BatchNorm-free model (LG) without drop path: its result can equal a one-process run with the same global
+# batch. (CvT's projections hold BatchNorm, whose batch statistics are per process unless synced, and
+# SyncBatchNorm does not run on CPU.)
+COMMON = ['train', '--model', 'lg_nano', '--drop-path-rate', '0', '--epochs', '1', '--num-workers', '0',
+          '--quiet', '--deterministic', '--seed', '5', '--log-interval', '1']
+GLOBAL_BATCH = 64
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_', 'PMI_', 'MASTER_'))}
+    env.update(OMP_NUM_THREADS='1', **extra)
+    return env
+
+
+def _cvtlab(*args):
+    return [sys.executable, '-m', 'cvtlab', *map(str, args)]
+
+
+def _torchrun(*args):
+    return [sys.executable, '-m', 'torch.distributed.run', *map(str, args), '-m', 'cvtlab']
+
+
+def _rows(run: Path):
+    return list(csv.DictReader(open(run / 'metrics.csv')))
+
+
+def assert_same_result(a: Path, b: Path, atol=1e-4):
+    """Same steps and, within float tolerance (gradients are summed in another order), the same losses, accuracy
+    and weights."""
+    ra, rb = _rows(a), _rows(b)
+    assert [r['step'] for r in ra] == [r['step'] for r in rb]
+    for x, y in zip(ra, rb):
+        for key in ('train_loss', 'val_loss', 'val_top1'):
+            assert float(x[key]) == pytest.approx(float(y[key]), abs=atol * 100 if key == 'val_top1' else atol), key
+    wa, wb = (cvtlab.checkpoint.read_state_dict(run / 'last.safetensors') for run in (a, b))
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst < atol, worst
+
+
+@pytest.fixture(scope='module')
+def one_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('one') / 'run'
+    result = subprocess.run(_cvtlab(*COMMON, '--batch-size', GLOBAL_BATCH, '--output', out), env=_env(),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_world_info_from_torchrun_slurm_and_mpi():
+    assert distributed.world_info({}) == ('none', 0, 1, 0)
+    slurm = dict(SLURM_PROCID='3', SLURM_NTASKS='8', SLURM_LOCALID='1')
+    assert distributed.world_info(slurm) == ('slurm', 3, 8, 1)
+    # torchrun inside an sbatch allocation: torchrun's own variables win
+    assert distributed.world_info({**slurm, 'RANK': '5', 'WORLD_SIZE': '16', 'LOCAL_RANK': '2'}) == ('torchrun', 5, 16, 2)
+    ompi = dict(OMPI_COMM_WORLD_RANK='2', OMPI_COMM_WORLD_SIZE='4', OMPI_COMM_WORLD_LOCAL_RANK='0')
+    assert distributed.world_info(ompi) == ('openmpi', 2, 4, 0)
+    assert distributed.world_info(dict(PMI_RANK='1', PMI_SIZE='2', MPI_LOCALRANKID='1')) == ('mpich', 1, 2, 1)
+    with pytest.raises(ConfigError, match='not integers'):
+        distributed.world_info(dict(SLURM_PROCID='x', SLURM_NTASKS='2'))
+
+
+def test_many_processes_without_a_rendezvous_address_is_a_clear_error():
+    with pytest.raises(ConfigError, match='slurm started 4 processes but MASTER_ADDR and MASTER_PORT are not set'):
+        distributed.setup('cpu', dict(SLURM_PROCID='0', SLURM_NTASKS='4'))
+
+
+def test_sync_bn_converts_batchnorm_and_keeps_keys():
+    model = cvtlab.create_model('cvt_tiny', num_classes=3)
+    before = model.state_dict()
+    synced = distributed.convert_sync_batchnorm(model, distributed.DistEnv())
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in synced.modules())
+    after = synced.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    # torch syncs CUDA tensors only: on CPU a distributed run says so before training
+    with pytest.raises(ConfigError, match='--sync-bn needs CUDA'):
+        distributed.convert_sync_batchnorm(model, distributed.DistEnv(rank=0, world_size=2))
+
+
+def test_two_node_job_equals_one_process_with_the_same_global_batch(one_process_run, tmp_path):
+    """Two torchrun launchers (`--nnodes 2`, one process each) meet through the c10d rendezvous on localhost;
+    gloo. Same seed, --deterministic, half the batch each: the result equals the one-process run's."""
+    out, port = tmp_path / 'two', _free_port()
+    node = _torchrun('--nnodes', 2, '--nproc-per-node', 1, '--rdzv-backend', 'c10d', '--rdzv-endpoint',
+                     f'127.0.0.1:{port}', '--rdzv-id', 'cvtlab-two-node')
+    args = [*COMMON, '--batch-size', GLOBAL_BATCH // 2, '--output', out]
+    nodes = [subprocess.Popen(node + list(map(str, args)), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=900) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    log = (out / 'train.log').read_text()
+    assert '2 process(es)' in log and '(global batch 64)' in log
+    assert_same_result(one_process_run, out)
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int, timeout=300) -> int:
+    """The pid of the worker that torchrun started for `rank` (read from its environment)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in Path(f'/proc/{launcher.pid}/task/{launcher.pid}/children').read_text().split():
+            try:
+                env = Path(f'/proc/{child}/environ').read_bytes().split(b'\0')
+            except OSError:
+                continue
+            if f'RANK={rank}'.encode() in env:
+                return int(child)
+        time.sleep(0.1)
+    raise TimeoutError(f'no rank {rank} worker')
+
+
+def test_sigterm_on_one_rank_stops_all_at_one_step_and_resume_under_slurm_finishes(one_process_run, tmp_path):
+    """SIGTERM reaches rank 1 only: every rank stops after the same update, rank 0 saves once, all exit 0. The
+    run then resumes as a SLURM job would start it (srun's variables, no torchrun) and ends with the result of
+    the uninterrupted one-process run."""
+    out = tmp_path / 'cut'
+    args = [*COMMON, '--batch-size', GLOBAL_BATCH // 2, '--output', out]
+    launcher = subprocess.Popen(_torchrun('--standalone', '--nproc-per-node', 2) + list(map(str, args)),
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rank1 = _rank_pid(launcher, 1)
+    deadline = time.time() + 600
+    while time.time() < deadline and ('[3/22]' not in _read(out / 'train.log')) and launcher.poll() is None:
+        time.sleep(0.05)
+    os.kill(rank1, signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, stderr[-3000:]
+    log = _read(out / 'train.log')
+    assert 'a stop request on another process: stopped at epoch 1, batch' in log  # rank 0 got no signal itself
+    state = torch.load(out / 'train_state.pt', weights_only=True)
+    assert 3 <= state['run']['batch_in_epoch'] < 22 and state['run']['step'] == state['run']['batch_in_epoch']
+
+    port = _free_port()
+    procs = [subprocess.Popen(_cvtlab('train', '--output', out, '--resume'), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=_env(SLURM_PROCID=str(r), SLURM_NTASKS='2', SLURM_LOCALID=str(r),
+                                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)))
+             for r in range(2)]
+    results = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert 'resumed at epoch 1, batch' in _read(out / 'train.log')
+    assert_same_result(one_process_run, out)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ''
