@@ -61,13 +61,13 @@ def test_any_timm_model_trains_at_the_data_size_and_reloads(tmp_path, model):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'input 32 px' in (out / 'train.log').read_text()
     assert '# derived: input 32 px' in (out / 'config.yaml').read_text()
-    config = json.loads((out / 'best.json').read_text())
+    config = json.loads((out / 'best' / 'config.json').read_text())  # the run's model folder
     assert config['architecture'] == model and config['pretrained_cfg']['input_size'] == [3, 32, 32]
-    assert config['model_args'].get('img_size') == (32 if model.startswith('vit') else None)
+    assert config.get('model_args', {}).get('img_size') == (32 if model.startswith('vit') else None)
     report = cvtlab.evaluate(str(out), str(root))
     summary = json.loads((out / 'summary.json').read_text())
     assert report['count'] == 48 and summary['classes'] == 3
-    loaded = cvtlab.load_model(out / 'best.safetensors')
+    loaded = cvtlab.load_model(out / 'best')
     assert loaded.num_classes == 3 and loaded.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 

@@ -56,7 +56,7 @@ def assert_same_result(a: Path, b: Path, atol=1e-4):
     for x, y in zip(ra, rb):
         for key in ('train_loss', 'val_loss', 'val_top1'):
             assert float(x[key]) == pytest.approx(float(y[key]), abs=atol * 100 if key == 'val_top1' else atol), key
-    wa, wb = (cvtlab.checkpoint.read_state_dict(run / 'last.safetensors') for run in (a, b))
+    wa, wb = (cvtlab.checkpoint.read_state_dict(run / 'last' / 'model.safetensors') for run in (a, b))
     assert wa.keys() == wb.keys()
     worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
     assert worst < atol, worst
