@@ -5,7 +5,8 @@ recipe and nothing else (timm models too, at the data's size); the plain CNN (tw
 augmentation, the same epochs and batch) is the reference a default should at least match. Data: `digits`
 (built in) and the image folders of `offline_datasets.py`.
 
-    python benchmarks/baselines.py --epochs 3 10 --out benchmarks/results/baselines.json
+    python benchmarks/baselines.py --epochs 3 10 --out benchmarks/results/baselines.jsonl
+    python benchmarks/baselines.py --report benchmarks/results/baselines.jsonl   # the table of a results file
 
 prints one markdown row per (data, model, epochs): final val top-1, best top-1, training wall time (the
 training loops, evaluation excluded) and training images/s. The machine is shared: img/s and wall times
@@ -96,6 +97,21 @@ def cvtlab_train(data: str, model: str, epochs: int, workdir: Path, extra=()) ->
     return json.loads((out / 'summary.json').read_text())
 
 
+def report(path: str) -> str:
+    """The markdown table of a results file (JSON lines), grouped by data set and epochs."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    data_order = {d: i for i, d in enumerate(DATASETS)}
+    model_order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda r: (data_order.get(r['data'], 99), r['epochs'], model_order.get(r['model'], 99)))
+    lines = ['| data | model | epochs | val top-1 (final) | best epoch | train wall s | train img/s |',
+             '|---|---|---:|---:|---:|---:|---:|']
+    for r in rows:
+        name = 'plain CNN (reference)' if r['model'] == 'plain_cnn' else f"`{r['model']}`"
+        lines.append(f"| {r['data']} | {name} | {r['epochs']} | {r['final_top1']:.2f} | {r['best_top1']:.2f} | "
+                     f"{r['wall_time_s']:.0f} | {r['images_per_sec']:.0f} |")
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', nargs='+', default=DATASETS, help=f'data sets ({", ".join(DATASETS)})')
@@ -104,7 +120,11 @@ def main(argv=None):
     parser.add_argument('--data-root', default='~/.cache/cvtlab/bench', help='where the image folders are written')
     parser.add_argument('--out', help='append the results as JSON lines to this file')
     parser.add_argument('--extra', default='', help='more `cvtlab train` flags, e.g. "--num-workers 2"')
+    parser.add_argument('--report', metavar='FILE', help='only print the table of a results file (--out) and exit')
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return
     print('| data | model | epochs | final top-1 | best top-1 | train wall s | img/s |')
     print('|---|---|---:|---:|---:|---:|---:|')
     with tempfile.TemporaryDirectory() as tmp:

@@ -176,7 +176,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.strict = shuffle_buffer, strict
         self.transform = None
         self.epoch = 0
-        self.plan = None  # (rank, one _Slice per loader worker), set by the loader
+        self.plan = None  # one _Slice per loader worker, set by the loader
 
     def __len__(self):
         return sum(self.index.counts)
@@ -209,10 +209,8 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         import webdataset as wds
-        _, slices = self.plan
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        part = slices[worker]
+        part = self.plan[info.id if info is not None else 0]
         stream = self._positions(self.shard_order(self.epoch), part)
         if self.shuffle:
             # keyed by the slice, not the worker id: a resumed epoch hands slices to other workers
@@ -289,7 +287,7 @@ class StreamLoader:
         # the DataLoader asks worker 0 first: after skipping k batches, worker 0 must serve batch k
         turn = skip_batches % self.workers
         slices = slices[turn:] + slices[:turn]
-        self.stream.plan = (self.rank, slices)  # worker processes copy the stream when iteration starts
+        self.stream.plan = slices  # worker processes copy the stream when iteration starts
 
     def __iter__(self):
         return iter(self.loader)
@@ -297,7 +295,7 @@ class StreamLoader:
     def __len__(self):
         if self.train:
             return self.batches_per_epoch - self.skip
-        return sum(-(-(s.stop - s.start) // self.batch_size) for s in self.stream.plan[1])
+        return sum(-(-(s.stop - s.start) // self.batch_size) for s in self.stream.plan)
 
 
 def train_loader(stream, batch_size, world_size, rank, seed, num_workers, pin):
