@@ -22,7 +22,7 @@ from cvtlab.benchmark import cpu_info, time_interleaved
 from cvtlab.data import build_datasets, resolve_data_config
 from cvtlab.deploy.backends import OnnxFileModel
 from cvtlab.export import calibration_batches, export_onnx
-from cvtlab.inference import load_classifier
+import cvtlab
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     p.add_argument('--repeats', type=int, default=8)
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
-    model, _ = load_classifier(args.run)  # as built: the exports fuse their own copies
+    model = cvtlab.load_model(args.run).eval()  # as built: the exports fuse their own copies
     transform = create_transform(**resolve_data_config(model), is_training=False)
     val = build_datasets(args.data, transform, transform).val
     images = torch.stack([val[i][0] for i in range(len(val))])  # N 3 H W
@@ -43,7 +43,7 @@ def main():
         export_onnx(model, Path(folder) / 'fp32.onnx')
         report = export_onnx(model, Path(folder) / 'int8.onnx', int8=True,
                              calibration=calibration_batches(model, args.data, args.calibration_images))
-        paths = {'torch fp32 (fused)': load_classifier(args.run, fuse=True)[0],
+        paths = {'torch fp32 (fused)': cvtlab.fuse_for_inference(model),
                  'onnxruntime fp32': OnnxFileModel(Path(folder) / 'fp32.onnx'),
                  'onnxruntime int8': OnnxFileModel(Path(folder) / 'int8.onnx')}
         with torch.inference_mode():

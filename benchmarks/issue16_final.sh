@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 r=benchmarks/results
 mkdir -p $r
 py=.venv/bin/python
-(lscpu | grep -E 'Model name|^CPU\(s\)|^Flags'; $py -c 'import torch, timm, onnxruntime; print("torch", torch.__version__, "timm", timm.__version__, "onnxruntime", onnxruntime.__version__)'; date -u) > $r/machine_issue16_final.txt
+# THREADS=1 (default 2, the machine's cores): one thread per library when other jobs share the cores (OpenMP threads
+# stall when one of them is descheduled; onnxruntime's pool less so), which would make the ratios measure the load
+export OMP_NUM_THREADS=${THREADS:-2}
+(uptime; lscpu | grep -E 'Model name|^CPU\(s\)|^Flags'; $py -c 'import torch, timm, onnxruntime; print("torch", torch.__version__, "timm", timm.__version__, "onnxruntime", onnxruntime.__version__)'; date -u) > $r/machine_issue16_final.txt
 for spec in "cvt_13 8 224" "cvt_13 32 224" "cvt_13 8 384" "lg_tiny 8 224"; do
   set -- $spec
   .venv/bin/cvtlab benchmark $1 -b $2 --img-size $3 --no-train --no-latency --compare onnxruntime,onnxruntime-int8 \
@@ -20,4 +23,4 @@ done
 $py benchmarks/int8_accuracy.py runs/demo --repeats 8 --json $r/final16_int8_digits.json
 .venv/bin/cvtlab benchmark cvt_13 -b 32 --compare hf --no-latency --repeats 4 --json > $r/final16_cvt13_224_b32_hf.json
 $py benchmarks/serve_load.py runs/demo --image-size 64 --requests 480 --json $r/final18_serve_demo.json
-$py benchmarks/serve_load.py cvt_13 --image-size 224 --requests 160 --json $r/final18_serve_cvt13.json
+$py benchmarks/serve_load.py cvt_13 --image-size 224 --requests 96 --json $r/final18_serve_cvt13.json
