@@ -61,21 +61,23 @@ def onednn_probe(n: int, calls: int, dtype: torch.dtype = torch.float32) -> Prob
     return step, 2 * n ** 3 * calls / 1e9
 
 
-def onnxruntime_probe(n: int, calls: int) -> Probe:
-    """fp32 GEMM in onnxruntime (its MLAS kernels): a one-MatMul graph with the weight as an initializer."""
+def _onnxruntime_gemm(op: str, x, w, out_type: int, calls: int) -> Probe:
+    """`op`(x, w) in a one-node onnxruntime graph, the weight `w` as an initializer (as in an exported model),
+    on torch's thread count; a step runs it `calls` times. n x n operands: 2 n^3 operations per call."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-    a, b = _operands(n, torch.float32)
+    from onnx import helper, numpy_helper
+    from onnx.helper import np_dtype_to_tensor_dtype
+    n = x.shape[0]
     graph = helper.make_graph(
-        [helper.make_node('MatMul', ['x', 'w'], ['y'])], 'gemm',
-        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [n, n])],
-        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [n, n])],
-        initializer=[numpy_helper.from_array(b.numpy(), 'w')])
+        [helper.make_node(op, ['x', 'w'], ['y'])], 'gemm',
+        [helper.make_tensor_value_info('x', np_dtype_to_tensor_dtype(x.dtype), list(x.shape))],
+        [helper.make_tensor_value_info('y', out_type, [n, n])],
+        initializer=[numpy_helper.from_array(w, 'w')])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch's kernels
     session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
-    feed = {'x': a.numpy()}
+    feed = {'x': x}
 
     def step():
         for _ in range(calls):
@@ -84,30 +86,21 @@ def onnxruntime_probe(n: int, calls: int) -> Probe:
     return step, 2 * n ** 3 * calls / 1e9
 
 
+def onnxruntime_probe(n: int, calls: int) -> Probe:
+    """fp32 GEMM in onnxruntime (its MLAS kernels)."""
+    from onnx import TensorProto
+    a, b = _operands(n, torch.float32)
+    return _onnxruntime_gemm('MatMul', a.numpy(), b.numpy(), TensorProto.FLOAT, calls)
+
+
 def onnxruntime_int8_probe(n: int, calls: int) -> Probe:
     """int8 GEMM in onnxruntime: MatMulInteger of u8 activations and an s8 weight (what its quantized MatMuls
     run: VNNI dot products where the CPU has them), int32 out. Counted as 2 n^3 operations."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (n, n), generator=g, dtype=torch.uint8)
     b = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
-    graph = helper.make_graph(
-        [helper.make_node('MatMulInteger', ['x', 'w'], ['y'])], 'gemm_int8',
-        [helper.make_tensor_value_info('x', TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info('y', TensorProto.INT32, [n, n])],
-        initializer=[numpy_helper.from_array(b.numpy(), 'w')])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
-    feed = {'x': a.numpy()}
-
-    def step():
-        for _ in range(calls):
-            y = session.run(None, feed)[0]
-        return y
-    return step, 2 * n ** 3 * calls / 1e9
+    return _onnxruntime_gemm('MatMulInteger', a.numpy(), b.numpy(), TensorProto.INT32, calls)
 
 
 def int8_gemm_probes(n: int = 1536, calls: int = 4) -> Dict[str, Probe]:
