@@ -46,7 +46,9 @@ def world_info(environ: Mapping[str, str]) -> Tuple[str, int, int, int]:
     for launcher, rank, size, local in _LAUNCHERS:
         if rank in environ and size in environ:
             try:
-                return launcher, int(environ[rank]), int(environ[size]), int(environ.get(local, 0))
+                # MPI under SLURM's pmi2 sets no local rank of its own: SLURM's, else 0
+                local_rank = environ.get(local, environ.get('SLURM_LOCALID', 0))
+                return launcher, int(environ[rank]), int(environ[size]), int(local_rank)
             except ValueError:
                 raise ConfigError(f'{launcher}: {rank}={environ[rank]!r} / {size}={environ[size]!r} are not '
                                   f'integers') from None
@@ -68,8 +70,9 @@ def setup(device: str = 'auto', environ: Optional[Mapping[str, str]] = None) -> 
             raise ConfigError(f'{launcher} started {world_size} processes but {" and ".join(missing)} '
                               f'{"is" if len(missing) == 1 else "are"} not set: export the first node\'s address '
                               f'and a free port (README, "Distributed")')
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo', init_method='env://', rank=rank,
-                                world_size=world_size)
+        # with CUDA, gloo still serves the CPU tensors (stop votes, metric sums): NCCL takes CUDA tensors only
+        dist.init_process_group(backend='cpu:gloo,cuda:nccl' if use_cuda else 'gloo', init_method='env://',
+                                rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, dev, launcher)
 
 

@@ -145,11 +145,13 @@ def test_sigterm_on_one_rank_stops_all_at_one_step_and_resume_under_slurm_finish
     deadline = time.time() + 600
     while time.time() < deadline and ('[3/22]' not in _read(out / 'train.log')) and launcher.poll() is None:
         time.sleep(0.05)
+    assert '[3/22]' in _read(out / 'train.log'), 'the run ended before it could be interrupted'
     os.kill(rank1, signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, stderr[-3000:]
     log = _read(out / 'train.log')
     assert 'a stop request on another process: stopped at epoch 1, batch' in log  # rank 0 got no signal itself
+    assert log.count('state saved in') == 1  # saved once, by rank 0
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert 3 <= state['run']['batch_in_epoch'] < 22 and state['run']['step'] == state['run']['batch_in_epoch']
 
