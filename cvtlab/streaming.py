@@ -375,7 +375,11 @@ def _hf_split(loaded, name: str, split: Optional[str], role: str):
 def _hf_samples(dataset, name: str):
     """((row, label) samples, image loader, class names) of one HF split."""
     image, label, names = _hf_columns(dataset, name)
-    labels = [int(x) for x in dataset[label]]
+    try:
+        labels = [int(x) for x in dataset[label]]
+    except (TypeError, ValueError):  # e.g. string labels in a plain column: no ClassLabel names to map them
+        raise DataError(f'hfds:{name}: the {label!r} column holds non-integer labels; cast it to a ClassLabel '
+                        f'(datasets: dataset.class_encode_column({label!r})) and save it again') from None
     if not labels:
         raise DataError(f'hfds:{name}: the split is empty')
     classes = list(names) if names is not None else [str(i) for i in range(max(labels) + 1)]
