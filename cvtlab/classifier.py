@@ -176,10 +176,27 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, source, *, pretrained: bool = True, **options) -> 'Classifier':
-        """A Classifier of a run directory, a model folder, a weights file, `hf-hub:ID`, or a timm model name
-        (`cvt_13.ms_in1k`: with its weights; random ones with `pretrained=False`); `options` as in the class."""
+        """A Classifier of a run directory, a model folder, a weights file, `hf-hub:ID`, a timm model name
+        (`cvt_13.ms_in1k`: with its weights; random ones with `pretrained=False`), or a file written by
+        `cvtlab export` (`.onnx`, fp32 or int8); `options` as in the class."""
+        if str(source).endswith('.onnx'):
+            return cls._from_onnx(source, **options)
         from .registry import model_from_source
         return cls(model_from_source(source, pretrained), inplace=True, **options)
+
+    @classmethod
+    def _from_onnx(cls, path, dtype: str = 'fp32', fuse: bool = True, backend: str = 'torch',
+                   **options) -> 'Classifier':
+        """An exported file runs in onnxruntime as exported, with the preprocessing and label names of its
+        `.preprocess.json` (`fuse` and `backend` do not apply)."""
+        from .deploy.backends import OnnxFileModel
+        if dtype != 'fp32':
+            raise ConfigError(f'{path}: an ONNX file runs as exported; --dtype {dtype} does not apply')
+        model = OnnxFileModel(path)
+        model.pretrained_cfg.setdefault('architecture', Path(path).stem)
+        classifier = cls(model, fuse=False, inplace=True, **options)
+        classifier.backend = f'onnxruntime ({model.onnx_dtype} ONNX file)'
+        return classifier
 
     def label(self, index: int) -> str:
         return self.label_names[index] if self.label_names is not None else str(index)

@@ -23,24 +23,9 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     `hf-hub:ID`) or `model` (a timm model name; random weights unless `pretrained`)."""
     if (checkpoint is None) == (model is None):
         raise ConfigError('give exactly one of --checkpoint or --model')
-    if checkpoint is not None and str(checkpoint).endswith('.onnx'):
-        return onnx_classifier(checkpoint, **options)
     if checkpoint is not None:
         return Classifier.from_pretrained(checkpoint, **options)
     return Classifier.from_pretrained(model, pretrained=pretrained, **options)
-
-
-def onnx_classifier(path, dtype: str = 'fp32', fuse: bool = True, backend: str = 'torch', **options) -> Classifier:
-    """A file written by `cvtlab export` (fp32 or `--int8`) as a Classifier: it runs in onnxruntime as exported,
-    with the preprocessing and label names of its `.preprocess.json` (`fuse` and `backend` do not apply)."""
-    from .deploy.backends import OnnxFileModel
-    if dtype != 'fp32':
-        raise ConfigError(f'{path}: an ONNX file runs as exported; --dtype {dtype} does not apply')
-    model = OnnxFileModel(path)
-    model.pretrained_cfg.setdefault('architecture', Path(path).stem)
-    classifier = Classifier(model, fuse=False, inplace=True, **options)
-    classifier.backend = f'onnxruntime ({model.onnx_dtype} ONNX file)'
-    return classifier
 
 
 def _eval_split(data: str, transform, data_root: str, download: bool):

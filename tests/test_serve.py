@@ -310,13 +310,16 @@ def test_page_in_a_real_browser(server, workdir):
 
 def test_page_in_a_browser_with_javascript_off(server, workdir):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     browser = _chrome(javascript=False)
     try:
         path = sorted(workdir.glob('img*.png'))[1]
         browser.get(server.url + '/')
         browser.find_element(By.ID, 'file').send_keys(str(path))
         browser.find_element(By.ID, 'submit').click()  # a plain form post to /page
-        assert browser.current_url.endswith('/page')  # the server's result page, not the script's drawing
+        # the server's result page, not the script's drawing (the click may return before the page has loaded)
+        WebDriverWait(browser, 60).until(lambda b: b.current_url.endswith('/page')
+                                         and b.find_elements(By.CSS_SELECTOR, '#result .bar'))
         assert browser.find_elements(By.CSS_SELECTOR, 'img.heat[src^="data:image/png;base64,"]')
         bars = browser.find_elements(By.CSS_SELECTOR, '#result .bar')
         api = httpx.post(server.url + '/predict', content=path.read_bytes(),

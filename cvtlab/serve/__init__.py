@@ -26,9 +26,8 @@ def load_for_serving(source: str, backend: str = 'torch', dtype: str = 'fp32', b
     model folder, a weights file, `hf-hub:ID`, a model name (with its weights), or an exported `.onnx` file
     (fp32 or int8; it runs as exported, without heat maps)."""
     from ..classifier import Classifier
-    if str(source).endswith('.onnx'):
-        from ..inference import onnx_classifier
-        return onnx_classifier(source, dtype=dtype, batch_size=batch_size), None
+    if str(source).endswith('.onnx'):  # runs as exported: no model to draw heat maps from
+        return Classifier.from_pretrained(source, dtype=dtype, batch_size=batch_size), None
     from ..registry import model_from_source
     from .overlay import explainable
     model = model_from_source(source, pretrained).eval()
