@@ -291,7 +291,7 @@ def test_bf16_transform_keeps_layernorm_in_fp32_and_says_when_it_cannot(name, mo
     monkeypatch.setattr(transform, 'bf16_supported', lambda: True)  # any CPU runs bf16, if slowly without it
     fused = fuse_for_inference(model, dtype=torch.bfloat16)  # oneDNN where it has bf16 GEMMs, else F.linear
     norms = [m for m in fused.modules() if isinstance(m, nn.LayerNorm)]
-    assert norms and all(type(m).__name__ == 'LayerNormFp32' and m.weight.dtype == torch.float32 for m in norms)
+    assert norms and all(type(m).__name__ == 'MixedLayerNorm' and m.weight.dtype == torch.float32 for m in norms)
     norm_params = {id(p) for m in norms for p in m.parameters()}
     assert all(p.dtype == torch.bfloat16 for p in fused.parameters() if id(p) not in norm_params)
     with torch.no_grad():
@@ -303,3 +303,35 @@ def test_bf16_transform_keeps_layernorm_in_fp32_and_says_when_it_cannot(name, mo
     assert 'keeping fp32' in caplog.text and all(p.dtype == torch.float32 for p in kept.parameters())
     with pytest.raises(ValueError, match='dtype'):
         fuse_for_inference(model, dtype=torch.float16)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_gemm_attention_equals_sdpa_over_sample_groups(masked, monkeypatch):
+    import cvtlab.deploy.attention as attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 3, n, 16, generator=g) for n in (40, 12, 12))
+    mask = torch.randn(1, 3, 40, 12, generator=g).masked_fill(torch.rand(1, 3, 40, 12, generator=g) < 0.3,
+                                                             float('-inf')) if masked else None
+    if masked:
+        mask[..., 0] = 0.0  # every query may attend to at least one key
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    monkeypatch.setattr(attention, 'SCORES_BYTES', 2 * 3 * 40 * 12 * 4)  # groups of 2 samples: 2 + 2 + 1
+    assert torch.allclose(attention.gemm_attention(q, k, v, mask, scale=0.3), ref, atol=1e-6)
+    default_scale = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(attention.gemm_attention(q, k, v, mask), default_scale, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
+def test_gemm_attention_swap_computes_the_same_model(name):
+    """The bf16 path's attention modules, run in fp32: the same function as the model's (1e-5)."""
+    from cvtlab.deploy.attention import GemmAttentionPath, GemmConvAttention, use_gemm_attention
+    model = small_model(name, {}).eval()
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        ref = model(x)
+        swapped = use_gemm_attention(copy.deepcopy(model))
+        out = swapped(x)
+    kinds = {type(m) for m in swapped.modules()}
+    assert GemmConvAttention in kinds or GemmAttentionPath in kinds
+    assert swapped.state_dict().keys() == model.state_dict().keys()
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()

@@ -8,7 +8,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
   LG block's attention over groups of samples (`blocks.py`);
 - the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
-  weights, an MLP's activation fused into its first Linear (`kernels.py`).
+  weights, an MLP's activation fused into its first Linear (`kernels.py`);
+- in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`).
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
 import copy
@@ -16,12 +17,13 @@ import logging
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from timm.layers import Mlp
 
-from ..layers import LayerNormFp32
 from ..models import cvt, lg
 from . import blocks
+from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
 from .wrapper import Wrapper
@@ -126,16 +128,26 @@ def _stem(model: nn.Module) -> nn.Conv2d:
     return model.stages[0].patch_embed.proj if isinstance(model, cvt.CvT) else model.patch_embed.proj
 
 
+class MixedLayerNorm(nn.LayerNorm):
+    """A LayerNorm for bf16 activations with fp32 parameters, computing in fp32 in one pass: torch's
+    layer_norm kernels take a bf16 input with fp32 weight and bias and accumulate in fp32, so there is no
+    cast of the input to fp32 and back (`LayerNormFp32`'s two extra passes over the tokens)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 def to_bf16(model: nn.Module) -> nn.Module:
-    """Weights in bf16, in place, except the LayerNorms': every LayerNorm computes in fp32 (`LayerNormFp32`,
-    same parameters) and returns bf16. Attention's softmax accumulates in fp32 inside SDPA's CPU kernel."""
+    """Weights in bf16, in place, except the LayerNorms': every LayerNorm keeps fp32 parameters and computes
+    in fp32 (`MixedLayerNorm`), returning bf16. Attention's softmax computes in fp32
+    (`attention.gemm_attention`)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) is nn.LayerNorm:
-                fp32 = LayerNormFp32(child.normalized_shape, child.eps, child.elementwise_affine,
-                                     bias=child.bias is not None)
-                fp32.load_state_dict(child.state_dict())
-                setattr(parent, name, fp32)
+            if isinstance(child, nn.LayerNorm):
+                mixed = MixedLayerNorm(child.normalized_shape, child.eps, child.elementwise_affine,
+                                       bias=child.bias is not None)
+                mixed.load_state_dict(child.state_dict())
+                setattr(parent, name, mixed)
     norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     for p in model.parameters():
         if id(p) not in norms:
@@ -175,6 +187,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     if dtype == torch.bfloat16 and not bf16_supported():
         _logger.warning('this CPU has no bf16 instructions (avx512_bf16 / AMX): keeping fp32, which is faster here')
         dtype = torch.float32
+    if dtype == torch.bfloat16:  # before packing: CvT's attention scale folds into proj_q's weights
+        use_gemm_attention(model)
     if linear_kernel == 'auto':
         linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)
     if linear_kernel == 'onednn':

@@ -115,14 +115,19 @@ class ConvAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        q, k, v = self.project(x, H, W)
+        x = conv_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x))
+
+    def project(self, x: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The convolutional projection of B n+HW C tokens into q, k and v."""
         n = self.num_prefix_tokens
         # parity: the cls token bypasses the depth-wise conv and BN, but not the Linear projections
         cls_tokens, fmap = x[:, :n], tokens_to_map(x[:, n:], H, W)  # B n C, B C H W
         q = self.proj_q(self.with_cls(cls_tokens, self.conv_proj_q(fmap)))  # B n+HW C
         k = self.proj_k(self.with_cls(cls_tokens, self.conv_proj_k(fmap)))  # B n+H'W' C, H' = ceil(H / 2)
         v = self.proj_v(self.with_cls(cls_tokens, self.conv_proj_v(fmap)))  # B n+H'W' C
-        x = conv_attention(q, k, v, self.num_heads, self.scale, self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x))
+        return q, k, v
 
     def with_cls(self, cls_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         # stages without a cls token skip the concatenation and its copy

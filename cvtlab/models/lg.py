@@ -123,18 +123,23 @@ class AttentionPath(nn.Module):
         if self.pooled:
             # B H W C -> B ceil(H/rh) ceil(W/rw) C; ceil_mode: edge cells average only the real tokens
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), (rh, rw), ceil_mode=True).permute(0, 2, 3, 1)
-        dropout_p = self.attn_drop if self.training else 0.0
         h, w = x.shape[1:3]
-        # pad and shift before qkv (C wide, not 3C: both commute with a per-token Linear); padded tokens are
-        # masked out of every real token's attention, so what qkv makes of them never matters
-        x = self.qkv(to_window_frame(x, self.window_size, self.shift))
-        x = attend_in_windows(x, h, w, self.num_heads, self.window_size, self.shift, self.rel_pos_bias(), dropout_p)
-        x = self.proj(from_window_frame(x, h, w, self.shift))  # proj commutes with (linear) upsampling: on the small map
+        x = self.attend(x)  # proj commutes with (linear) upsampling: on the small map
         if self.pooled:
             # each coarse cell is centred on its rh x rw block: upsample by exactly (rh, rw), then crop
             x = F.interpolate(x.permute(0, 3, 1, 2), size=(h * rh, w * rw), mode='bilinear', align_corners=False)
             x = x.permute(0, 2, 3, 1)[:, :H, :W]
         return x
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Window MSA over a B h w C map with this path's qkv, relative position bias and proj: B h w C."""
+        h, w = x.shape[1:3]
+        # pad and shift before qkv (C wide, not 3C: both commute with a per-token Linear); padded tokens are
+        # masked out of every real token's attention, so what qkv makes of them never matters
+        qkv = self.qkv(to_window_frame(x, self.window_size, self.shift))
+        x = attend_in_windows(qkv, h, w, self.num_heads, self.window_size, self.shift, self.rel_pos_bias(),
+                              self.attn_drop if self.training else 0.0)
+        return self.proj(from_window_frame(x, h, w, self.shift))
 
 
 class LocalToGlobalAttention(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['relative_position_index', 'window_attention_mask', 'window_attention', 'to_window_frame',
-           'from_window_frame', 'attend_in_windows']
+           'from_window_frame', 'attend_in_windows', 'split_windows', 'window_bias_and_mask', 'merge_windows']
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -77,17 +77,36 @@ def attend_in_windows(qkv: torch.Tensor, H: int, W: int, num_heads: int, window_
     H, W are the real sizes before padding, for the mask. Windows and heads share one dimension, so SDPA
     sees 4-D tensors and the per-image mask (bias + window labels) broadcasts over the batch without a copy.
     """
+    q, k, v = split_windows(qkv, num_heads, window_size)  # B (nW h) N D each
+    mask = window_bias_and_mask(rel_pos_bias, H, W, qkv.shape[1], qkv.shape[2], window_size, shift, q.dtype)
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return merge_windows(x, qkv.shape[1], qkv.shape[2], window_size)
+
+
+def split_windows(qkv: torch.Tensor, num_heads: int, window_size: int):
+    """B Hp Wp 3C -> q, k, v, each B (nW h) N D: the windows' tokens, head by head (N = M^2)."""
     M, h = window_size, num_heads
     # sizes read off the tensor (not unflatten): an ONNX trace then keeps them symbolic
     B, Hp, Wp = qkv.shape[0], qkv.shape[1], qkv.shape[2]
     nh, nw = Hp // M, Wp // M
     # B (nh M) (nw M) (3 h D) -> B nh M nw M 3 h D -> 3 B nh nw h M M D -> 3 B (nh nw h) (M M) D
     qkv = qkv.reshape(B, nh, M, nw, M, 3, h, -1).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B, nh * nw * h, M * M, -1)
-    q, k, v = qkv.unbind(0)
+    return qkv.unbind(0)
 
-    allowed = window_attention_mask(H, W, Hp, Wp, M, shift, qkv.device)  # nW N N
-    mask = rel_pos_bias.to(q.dtype).unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float('-inf'))  # nW h N N
-    # 1 (nW h) N N: a 4-D mask (a 3-D one sends SDPA's CPU dispatch to the slow math kernel)
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.flatten(0, 1).unsqueeze(0), dropout_p=dropout_p)
+
+def window_bias_and_mask(rel_pos_bias: torch.Tensor, H: int, W: int, Hp: int, Wp: int, window_size: int,
+                         shift: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask of every window: relative position bias, -inf between tokens that may
+    not attend to each other (`window_attention_mask`): 1 (nW h) N N."""
+    allowed = window_attention_mask(H, W, Hp, Wp, window_size, shift, rel_pos_bias.device)  # nW N N
+    mask = rel_pos_bias.to(dtype).unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float('-inf'))  # nW h N N
+    # a 4-D mask (a 3-D one sends SDPA's CPU dispatch to the slow math kernel)
+    return mask.flatten(0, 1).unsqueeze(0)
+
+
+def merge_windows(x: torch.Tensor, Hp: int, Wp: int, window_size: int) -> torch.Tensor:
+    """The inverse of `split_windows` for the attention's output: B (nW h) N D -> B Hp Wp (h D)."""
+    M = window_size
+    B, nh, nw = x.shape[0], Hp // M, Wp // M
     # B (nh nw h) (M M) D -> B nh nw h M M D -> B nh M nw M h D -> B (nh M) (nw M) (h D)
-    return x.reshape(B, nh, nw, h, M, M, -1).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, -1)
+    return x.reshape(B, nh, nw, -1, M, M, x.shape[-1]).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, -1)
