@@ -73,7 +73,7 @@ def one_process_run(tmp_path_factory):
 
 def test_world_info_from_torchrun_slurm_and_mpi():
     assert distributed.world_info({}) == ('none', 0, 1, 0)
-    slurm = dict(SLURM_PROCID='3', SLURM_NTASKS='8', SLURM_LOCALID='1')
+    slurm = dict(SLURM_PROCID='3', SLURM_NTASKS='8', SLURM_LOCALID='1', SLURM_STEP_ID='0')  # as srun sets them
     assert distributed.world_info(slurm) == ('slurm', 3, 8, 1)
     # torchrun inside an sbatch allocation: torchrun's own variables win
     assert distributed.world_info({**slurm, 'RANK': '5', 'WORLD_SIZE': '16', 'LOCAL_RANK': '2'}) == ('torchrun', 5, 16, 2)
@@ -81,12 +81,38 @@ def test_world_info_from_torchrun_slurm_and_mpi():
     assert distributed.world_info(ompi) == ('openmpi', 2, 4, 0)
     assert distributed.world_info(dict(PMI_RANK='1', PMI_SIZE='2', MPI_LOCALRANKID='1')) == ('mpich', 1, 2, 1)
     with pytest.raises(ConfigError, match='not integers'):
-        distributed.world_info(dict(SLURM_PROCID='x', SLURM_NTASKS='2'))
+        distributed.world_info(dict(SLURM_PROCID='x', SLURM_NTASKS='2', SLURM_STEP_ID='0'))
+
+
+# What an sbatch script's own process (the batch step) sees, as Slurm sets it: rank 0 of the job's tasks, the
+# job's task count, no step id (srun sets SLURM_STEP_ID for the tasks it starts)
+BATCH_STEP = dict(SLURM_JOB_ID='200505', SLURM_PROCID='0', SLURM_LOCALID='0', SLURM_NTASKS='4', SLURM_NPROCS='4',
+                  SLURM_NODEID='0', SLURM_GTIDS='0')
+
+
+def test_a_plain_run_in_an_sbatch_script_fails_fast_instead_of_waiting_for_peers():
+    for batch in (BATCH_STEP, {**BATCH_STEP, 'SLURM_STEP_ID': '4294967291'}):  # or Slurm's batch step id
+        with pytest.raises(ConfigError, match='the job has 4 tasks but srun did not start this process.*srun cvtlab'):
+            distributed.world_info(batch)
+        # before any rendezvous: no MASTER_ADDR is needed to hear it
+        with pytest.raises(ConfigError, match='srun did not start this process'):
+            distributed.setup('cpu', batch)
+    # a job of one task: the script's process is the whole world
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_NTASKS': '1'}) == ('none', 0, 1, 0)
+    # srun's tasks, in the same job (the older SLURM_STEPID counts too)
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_STEP_ID': '0'}) == ('slurm', 0, 4, 0)
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_STEPID': '2'}) == ('slurm', 0, 4, 0)
+    # mpirun inside the script: its own variables win over the SLURM ones it inherits (from the batch step, or
+    # from the one srun task per node that starts its daemons)
+    mpirun = dict(OMPI_COMM_WORLD_RANK='5', OMPI_COMM_WORLD_SIZE='8', OMPI_COMM_WORLD_LOCAL_RANK='1')
+    assert distributed.world_info({**BATCH_STEP, **mpirun}) == ('openmpi', 5, 8, 1)
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_STEP_ID': '0', 'SLURM_PROCID': '1', **mpirun}) == \
+        ('openmpi', 5, 8, 1)
 
 
 def test_many_processes_without_a_rendezvous_address_is_a_clear_error():
     with pytest.raises(ConfigError, match='slurm started 4 processes but MASTER_ADDR and MASTER_PORT are not set'):
-        distributed.setup('cpu', dict(SLURM_PROCID='0', SLURM_NTASKS='4'))
+        distributed.setup('cpu', dict(SLURM_PROCID='0', SLURM_NTASKS='4', SLURM_STEP_ID='0'))
 
 
 def test_sync_bn_converts_batchnorm_and_keeps_keys():
@@ -158,7 +184,7 @@ def test_sigterm_on_one_rank_stops_all_at_one_step_and_resume_under_slurm_finish
     port = _free_port()
     procs = [subprocess.Popen(_cvtlab('train', '--output', out, '--resume'), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
-                              env=_env(SLURM_PROCID=str(r), SLURM_NTASKS='2', SLURM_LOCALID=str(r),
+                              env=_env(SLURM_PROCID=str(r), SLURM_NTASKS='2', SLURM_LOCALID=str(r), SLURM_STEP_ID='0',
                                        MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)))
              for r in range(2)]
     results = [p.communicate(timeout=900) for p in procs]
