@@ -102,11 +102,18 @@ def teardown():
         dist.destroy_process_group()
 
 
-def convert_sync_batchnorm(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm (statistics over the global batch). Same state_dict keys, so checkpoints
-    load into models with either. torch syncs only CUDA tensors: on CPU it refuses to run, so say so now."""
+def check_sync_bn(env: DistEnv):
+    """torch's SyncBatchNorm syncs CUDA (and XPU / HPU) tensors only: in a process group its forward raises
+    ValueError on CPU input (tested, so a torch that lifts this is noticed). Say so before any data is read,
+    not at the first step. In a world of one there is nothing to sync and it runs as BatchNorm."""
     if env.distributed and env.device.type != 'cuda':
         raise ConfigError('--sync-bn needs CUDA devices: torch.nn.SyncBatchNorm does not run on CPU (gloo)')
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """BatchNorm -> SyncBatchNorm (statistics over the global batch). Same state_dict keys, so checkpoints
+    load into models with either."""
+    check_sync_bn(env)
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

@@ -140,6 +140,8 @@ class Trainer:
         c, env = self.config, self.env
         from .registry import _check_name
         _check_name(c.model)  # before any data work
+        if c.sync_bn:
+            distributed.check_sync_bn(env)
         self.data = build_datasets(c.data, None, None, data_root=c.data_root, download=c.download,
                                    val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data)
         self.num_classes = len(self.data.classes)

@@ -128,6 +128,39 @@ def test_sync_bn_converts_batchnorm_and_keeps_keys():
         distributed.convert_sync_batchnorm(model, distributed.DistEnv(rank=0, world_size=2))
 
 
+def test_torch_syncbatchnorm_still_refuses_cpu_tensors():
+    """Why --sync-bn is CUDA-only: in a process group (here a gloo world of one, enough to reach the check),
+    SyncBatchNorm's forward refuses CPU input. If a torch release lifts this, this test says to revisit
+    `distributed.check_sync_bn`."""
+    import torch.distributed as dist
+    store = dist.HashStore()
+    dist.init_process_group('gloo', store=store, rank=0, world_size=1)
+    try:
+        bn = torch.nn.SyncBatchNorm(3).train()
+        with pytest.raises(ValueError, match='SyncBatchNorm expected input tensor to be on GPU'):
+            bn(torch.randn(4, 3, 2, 2))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_bn_on_two_cpu_processes_is_one_line_on_every_rank(tmp_path):
+    """A real two-process gloo job (as srun starts it) with --sync-bn on CPU: every rank stops with the one-line
+    error before reading data, rather than failing (or hanging) at the first step."""
+    port = _free_port()
+    procs = [subprocess.Popen(_cvtlab('train', '--model', 'cvt_tiny', '--sync-bn', '--device', 'cpu', '--epochs', 1,
+                                      '--num-workers', 0, '--quiet', '--output', tmp_path / 'run'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(SLURM_PROCID=str(r), SLURM_NTASKS='2', SLURM_LOCALID=str(r),
+                                       SLURM_STEP_ID='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)))
+             for r in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 2 and 'Traceback' not in err, err[-2000:]
+        assert [line for line in err.splitlines() if line.startswith('cvtlab: error:')] == \
+            ['cvtlab: error: --sync-bn needs CUDA devices: torch.nn.SyncBatchNorm does not run on CPU (gloo)'], err
+    assert not (tmp_path / 'run' / 'train_state.pt').exists()
+
+
 def test_two_node_job_equals_one_process_with_the_same_global_batch(one_process_run, tmp_path):
     """Two torchrun launchers (`--nnodes 2`, one process each) meet through the c10d rendezvous on localhost;
     gloo. Same seed, --deterministic, half the batch each: the result equals the one-process run's."""
