@@ -12,12 +12,14 @@ steps (DDP needs it): the epoch has (samples // world size) // batch size of the
 `drop_last`, so at most a batch per rank of samples is left out, a different one each epoch. Augmentation is
 seeded by the sample's position in the epoch, and a resumed epoch skips exactly the batches already trained.
 
-**HF datasets.** `hfds:PATH` loads a `save_to_disk` folder, `hfds:NAME` a Hub data set already in the HF
-cache (`datasets.load_dataset`), `:SPLIT` picks a split (default: train). The image column is the one of
+**HF datasets.** `hfds:PATH` loads a `save_to_disk` folder, `hfds:NAME` a Hub data set from the HF cache
+(`datasets.load_dataset`, with the Hub held offline: nothing is fetched unless `hub_download`, the
+`--hub-download` flag, asks for it), `:SPLIT` picks a split (default: train). The image column is the one of
 type `Image`, the label the `ClassLabel` one (whose names become the classes) or a column named `label`.
 Validation: `--val-data`, else a validation / valid / val / test split, else `--val-split` of the data.
 These are random-access: they go through the same sampler as image folders.
 """
+import contextlib
 import io
 import itertools
 import logging
@@ -325,7 +327,23 @@ def _parse_hf(spec: str) -> Tuple[str, Optional[str]]:
     return name, split
 
 
-def _load_hf(name: str):
+@contextlib.contextmanager
+def _hub_offline():
+    """The Hub held offline for one call, whatever HF_HUB_OFFLINE says: huggingface_hub and datasets read it once,
+    at import, into module constants that they consult at call time, so set both and restore them after."""
+    import datasets
+    from huggingface_hub import constants
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _load_hf(name: str, hub_download: bool = False):
+    """A save_to_disk folder, else a Hub data set: from the HF cache only unless `hub_download` (a training job
+    should not start a download of unknown size on every node because a name was mistyped or not cached)."""
     datasets = _require('datasets')
     path = Path(name).expanduser()
     if path.exists():
@@ -335,9 +353,11 @@ def _load_hf(name: str):
             raise DataError(f'hfds:{name}: not a save_to_disk folder ({type(e).__name__}: '
                             f'{str(e).splitlines()[0][:160]})') from None
     try:
-        return datasets.load_dataset(name)
+        with contextlib.nullcontext() if hub_download else _hub_offline():
+            return datasets.load_dataset(name)
     except (FileNotFoundError, ValueError, OSError, ConnectionError) as e:  # the Hub's errors derive from these
-        raise DataError(f'hfds:{name}: no such folder, and no such data set in the HF cache ({type(e).__name__}: '
+        where = 'on the Hub' if hub_download else 'in the HF cache (--hub-download fetches it)'
+        raise DataError(f'hfds:{name}: no such folder, and no such data set {where} ({type(e).__name__}: '
                         f'{str(e).splitlines()[0][:160]})') from None
 
 
@@ -387,7 +407,8 @@ def _hf_samples(dataset, name: str):
 
 
 # --- building ------------------------------------------------------------------------------------------------
-def _training_part(data: str, has_val_data: bool, *, data_root, download, val_split, strict, seed):
+def _training_part(data: str, has_val_data: bool, *, data_root, download, val_split, strict, seed,
+                   hub_download=False):
     """(train dataset, val dataset or None, classes, skipped, typical image size)."""
     if data.startswith(WDS):
         index = index_shards(data[len(WDS):], strict)
@@ -397,7 +418,7 @@ def _training_part(data: str, has_val_data: bool, *, data_root, download, val_sp
         return stream, None, index.classes, 0, typical_size([img for img, _ in stream.preview(16)])
     if data.startswith(HFDS):
         name, split = _parse_hf(data[len(HFDS):])
-        loaded = _load_hf(name)
+        loaded = _load_hf(name, hub_download)
         samples, load, classes = _hf_samples(_hf_split(loaded, name, split, 'train'), name)
         val = None
         if not has_val_data:
@@ -421,26 +442,28 @@ def _training_part(data: str, has_val_data: bool, *, data_root, download, val_sp
             classes, skipped, typical_size([item for item, _ in train]))
 
 
-def validation_part(data: str, *, data_root='~/.cache/cvtlab/data', download=True, strict=False):
+def validation_part(data: str, *, data_root='~/.cache/cvtlab/data', download=True, strict=False,
+                    hub_download=False):
     """(dataset, classes) of the whole of `data` for validation (a wds stream is read in order, unshuffled)."""
     if data.startswith(WDS):
         index = index_shards(data[len(WDS):], strict)
         return ShardStream(index, shuffle=False, strict=strict), index.classes
     if data.startswith(HFDS):
         name, split = _parse_hf(data[len(HFDS):])
-        samples, load, classes = _hf_samples(_hf_split(_load_hf(name), name, split, 'val'), name)
+        samples, load, classes = _hf_samples(_hf_split(_load_hf(name, hub_download), name, split, 'val'), name)
         return ImageDataset(samples, None, strict, load=load), classes
     train, val, classes, _ = _local_samples(data, data_root, download, 0.5, strict)
     return ImageDataset(train + val, None, strict), classes
 
 
 def build_datasets(data: str, val_data: Optional[str], train_transform, eval_transform, *, data_root: str,
-                   download: bool, val_split: float, strict: bool, seed: int) -> DataSplit:
+                   download: bool, val_split: float, strict: bool, seed: int, hub_download: bool = False) -> DataSplit:
     train, val, classes, skipped, size = _training_part(data, val_data is not None, data_root=data_root,
                                                         download=download, val_split=val_split, strict=strict,
-                                                        seed=seed)
+                                                        seed=seed, hub_download=hub_download)
     if val_data is not None:
-        val, val_classes = validation_part(val_data, data_root=data_root, download=download, strict=strict)
+        val, val_classes = validation_part(val_data, data_root=data_root, download=download, strict=strict,
+                                           hub_download=hub_download)
         check_same_classes(classes, val_classes, val_data)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f'{data}: no images to train or validate on')

@@ -143,7 +143,8 @@ class Trainer:
         if c.sync_bn:
             distributed.check_sync_bn(env)
         self.data = build_datasets(c.data, None, None, data_root=c.data_root, download=c.download,
-                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data)
+                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data,
+                                   hub_download=c.hub_download)
         self.num_classes = len(self.data.classes)
         self.model = self._create_model()
         self.data_config = resolve_data_config(self.model, self.img_size)

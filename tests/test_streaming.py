@@ -167,6 +167,43 @@ def test_hf_hub_name_is_read_from_the_cache(monkeypatch, tmp_path):
                                  val_split=0.2, strict=False, seed=0)
 
 
+def test_hf_hub_name_is_not_fetched_unless_asked(monkeypatch):
+    """Even where HF_HUB_OFFLINE is unset (as on a user's machine: both libraries' constants off here), a Hub name
+    is read from the HF cache only: datasets runs with the Hub offline and no host name is looked up (the network
+    is cut by this test either way). `hub_download` (--hub-download) lets datasets fetch it."""
+    import socket
+    from huggingface_hub import constants
+    from cvtlab.cli import build_parser
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', False)
+    lookups = []
+
+    def cut(host, *args, **kwargs):
+        lookups.append(host)
+        raise OSError('network cut by the test')
+    monkeypatch.setattr(socket, 'getaddrinfo', cut)
+    monkeypatch.setattr(socket, 'create_connection', cut)
+    with pytest.raises(DataError, match=r'no such data set in the HF cache \(--hub-download fetches it\)'):
+        streaming.build_datasets('hfds:nobody/nothing-here', None, None, None, data_root='', download=True,
+                                 val_split=0.2, strict=False, seed=0)
+    assert lookups == []
+    assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False  # restored after the call
+
+    modes = []
+
+    def load_dataset(name, *args, **kwargs):
+        modes.append((constants.is_offline_mode(), datasets.config.HF_HUB_OFFLINE))
+        return datasets.DatasetDict({'train': _hf_split(12, 0), 'validation': _hf_split(6, 1)})
+    monkeypatch.setattr(datasets, 'load_dataset', load_dataset)
+    for hub_download in (False, True):
+        streaming.build_datasets('hfds:someone/shapes', None, None, None, data_root='', download=True,
+                                 val_split=0.2, strict=False, seed=0, hub_download=hub_download)
+    assert modes == [(True, True), (False, False)]
+    # the opt-in, on the command line of train (a config field) and eval
+    assert build_parser().parse_args(['train', '--hub-download']).hub_download is True
+    assert build_parser().parse_args(['eval', '--model', 'cvt_tiny', '--hub-download']).hub_download is True
+
+
 def test_train_and_eval_on_shards_end_to_end(tmp_path):
     """`cvtlab train --data wds:... --val-data wds:...` and `cvtlab eval --data wds:...` through the CLI."""
     train = write_shards(tmp_path / 'train', sizes=(20, 20, 24))
