@@ -15,6 +15,7 @@ import torch
 import cvtlab
 from cvtlab import distributed
 from cvtlab.errors import ConfigError
+from cvtlab.trainer import check_resume_layout
 
 # A BatchNorm-free model (LG) without drop path: its result can equal a one-process run with the same global
 # batch. (CvT's projections hold BatchNorm, whose batch statistics are per process unless synced, and
@@ -228,3 +229,66 @@ def test_sigterm_on_one_rank_stops_all_at_one_step_and_resume_under_slurm_finish
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ''
+
+
+def _layout(world, batch, workers=0, accum=1, streamed=False):
+    return dict(world_size=world, batch_size=batch, grad_accum=accum, num_workers=workers, streamed=streamed,
+                loader_workers=max(1, workers) if streamed else None)
+
+
+def test_resume_layout_decides_what_carries_over():
+    """Resume under another world size: the step size (world x batch) and --grad-accum must stay (the step count,
+    schedule and place in the epoch count those steps); map-style data then continues even inside an epoch;
+    streamed shards inside an epoch need the same processes and loader workers."""
+    same = _layout(2, 32, workers=2)
+    assert check_resume_layout(same, dict(same), mid_epoch=True) is None
+    assert check_resume_layout(None, same, mid_epoch=True) is None  # a state from before layouts were recorded
+    # map-style: 2 x 32 -> 4 x 16 continues, even inside an epoch, and says so; workers do not matter
+    note = check_resume_layout(same, _layout(4, 16, workers=8), mid_epoch=True)
+    assert note == ('written by 2 process(es) x --batch-size 32, continued by 4 process(es) x --batch-size 16: '
+                    'the same 64 images a step, the rest of this epoch exactly')
+    with pytest.raises(ConfigError, match=r'steps of 64 images \(2 process\(es\) x --batch-size 32\), this job 128 '
+                                          r'.*: resume with --batch-size 16$'):
+        check_resume_layout(same, _layout(4, 32), mid_epoch=False)
+    with pytest.raises(ConfigError, match=r'resume with 2 process\(es\) and --batch-size 32$'):
+        check_resume_layout(same, _layout(3, 32), mid_epoch=False)
+    with pytest.raises(ConfigError, match=r'resume with --grad-accum 2$'):
+        check_resume_layout(_layout(2, 32, accum=2), same, mid_epoch=False)
+    # streamed shards: each rank and loader worker reads its own range of the epoch
+    shards = _layout(2, 32, workers=2, streamed=True)
+    for other in (_layout(2, 32, workers=4, streamed=True), _layout(4, 16, workers=2, streamed=True)):
+        with pytest.raises(ConfigError, match=r'inside an epoch of streamed shards read by 2 process\(es\) x 2 loader '
+                                              r'worker\(s\).*resume with 2 process\(es\) and --num-workers 2$'):
+            check_resume_layout(shards, other, mid_epoch=True)
+        check_resume_layout(shards, other, mid_epoch=False)  # the next epoch is planned for the new layout
+    # 0 and 1 loader workers read alike (one reader per process)
+    assert check_resume_layout(_layout(1, 8, 0, streamed=True), _layout(1, 8, 1, streamed=True), mid_epoch=True) is None
+
+
+def test_resume_refuses_or_continues_by_the_recorded_layout(tmp_path, capsys):
+    """Through `cvtlab train --resume` on shards: the state records its layout; a mid-epoch state resumed with
+    other loader workers, or steps of another size, is a one-line error; another world size with the same step
+    size continues and the log says so."""
+    from test_streaming import write_shards
+    from test_train import assert_one_line_error, run_in_process
+    train = write_shards(tmp_path / 'train', sizes=(20, 20, 24))
+    val = write_shards(tmp_path / 'val', sizes=(9,))
+    out = tmp_path / 'run'
+    args = ['train', '--data', f'wds:{train}', '--val-data', f'wds:{val}', '--model', 'lg_nano', '--img-size', 32,
+            '--batch-size', 8, '--num-workers', 0, '--quiet', '--output', out]
+    assert run_in_process(capsys, *args, '--epochs', 1).returncode == 0
+    path = out / 'train_state.pt'
+    state = torch.load(path, weights_only=True)
+    assert state['layout'] == _layout(1, 8, 0, streamed=True)
+
+    def resume(layout, batch_in_epoch, *flags):
+        torch.save({**state, 'layout': layout, 'run': {**state['run'], 'batch_in_epoch': batch_in_epoch}}, path)
+        return run_in_process(capsys, 'train', '--output', out, '--resume', '--epochs', 2, *flags)
+
+    assert_one_line_error(resume(_layout(1, 8, 0, streamed=True), 3, '--num-workers', 2),
+                          'inside an epoch of streamed shards read by 1 process(es) x 1 loader worker(s)')
+    assert_one_line_error(resume(_layout(2, 8, 0, streamed=True), 0), 'resume with --batch-size 16')
+    # written by 2 processes x 4 at the end of an epoch: one process x 8 continues, and says so
+    assert resume(_layout(2, 4, 0, streamed=True), 0).returncode == 0
+    assert ('resumed at epoch 2, batch 0 (written by 2 process(es) x --batch-size 4, continued by 1 process(es) x '
+            '--batch-size 8: the same 8 images a step, from the next epoch)') in (out / 'train.log').read_text()
