@@ -10,7 +10,10 @@ exactly one of them; each range is read with webdataset (`tarfile_to_samples`) t
 (1,000 samples, seeded by seed, epoch and range). Every rank runs the same number of
 steps (DDP needs it): the epoch has (samples // world size) // batch size of them, like the folder loader's
 `drop_last`, so at most a batch per rank of samples is left out, a different one each epoch. Augmentation is
-seeded by the sample's position in the epoch, and a resumed epoch skips exactly the batches already trained.
+seeded by the sample's position in the epoch, and a resumed epoch skips exactly the batches already trained:
+the shuffle buffer's draws depend on its length only, never on the samples, so each reader replays its draws
+on sample positions alone (no reading), then reads from the oldest sample still in its buffer: whole shards
+before that are not opened, and of the shard it lies in only the tar members are walked through.
 
 **HF datasets.** `hfds:PATH` loads a `save_to_disk` folder, `hfds:NAME` a Hub data set from the HF cache
 (`datasets.load_dataset`, with the Hub held offline: nothing is fetched unless `hub_download`, the
@@ -160,6 +163,50 @@ def _index_shards(pattern: str, strict: bool) -> ShardIndex:
     return ShardIndex(shards, counts, classes, unusable)
 
 
+_END = object()
+
+
+def _pick(buf: list, rng: random.Random):
+    """Take a random item out of the buffer (swap with the last: O(1)), as webdataset's `pick` does."""
+    k = rng.randint(0, len(buf) - 1)
+    item, buf[k] = buf[k], buf[-1]
+    buf.pop()
+    return item
+
+
+def buffer_shuffle(items, bufsize: int, rng: random.Random, buf: Optional[list] = None):
+    """webdataset's `shuffle` with `initial=bufsize` (the same draws, so the same order), able to start from a
+    given buffer. Its draws depend on how full the buffer is, never on the items: `replay_shuffle` runs it on
+    positions to know what a resumed reader's buffer holds without reading a sample."""
+    buf = [] if buf is None else buf
+    items = iter(items)
+    for item in items:
+        buf.append(item)
+        if len(buf) < bufsize:
+            extra = next(items, _END)
+            if extra is not _END:
+                buf.append(extra)
+        if len(buf) >= bufsize:
+            yield _pick(buf, rng)
+    while buf:
+        yield _pick(buf, rng)
+
+
+def replay_shuffle(start: int, stop: int, skip: int, bufsize: int, rng: random.Random) -> Tuple[list, int]:
+    """After `skip` items of `buffer_shuffle` over positions [start, stop): (the positions in its buffer, in
+    buffer order, and the first position not read yet); `rng` is left where that shuffle's would be."""
+    buf, read = [], [start]
+
+    def positions():
+        for position in range(start, stop):
+            read[0] = position + 1
+            yield position
+    shuffled = buffer_shuffle(positions(), bufsize, rng, buf)
+    for _ in range(skip):
+        next(shuffled)
+    return buf, read[0]
+
+
 @dataclass(frozen=True)
 class _Slice:
     """One reader's share of an epoch: global sample positions [start, stop), the first `skip` (after shuffling)
@@ -209,17 +256,30 @@ class ShardStream(IterableDataset):
         ext = next(k for k in IMAGE_KEYS if k in sample)
         return load_image(io.BytesIO(sample[ext]), name=f'{sample["__url__"]}:{sample["__key__"]}.{ext}')
 
+    def _resumed(self, order: List[int], part: _Slice):
+        """(position, sample) of `part` in shuffled order, without its first `part.skip` (already trained)."""
+        if not self.shuffle:
+            return self._positions(order, _Slice(part.start + part.skip, part.stop))
+        # keyed by the slice, not the worker id: a resumed epoch hands slices to other workers
+        rng = random.Random(f'{self.seed}/{self.epoch}/{part.start}')
+        held, unread = replay_shuffle(part.start, part.stop, part.skip, self.shuffle_buffer, rng)
+        wanted, kept = set(held), {}
+        raw = self._positions(order, _Slice(min(held + [unread]), part.stop))
+        first = []
+        for position, sample in raw:  # the samples still in the buffer: read again, the others passed over
+            if position >= unread:
+                first = [(position, sample)]
+                break
+            if position in wanted:
+                kept[position] = sample
+        return buffer_shuffle(itertools.chain(first, raw), self.shuffle_buffer, rng,
+                              [(position, kept[position]) for position in held])
+
     def __iter__(self):
-        import webdataset as wds
         info = get_worker_info()
         part = self.plan[info.id if info is not None else 0]
-        stream = self._positions(self.shard_order(self.epoch), part)
-        if self.shuffle:
-            # keyed by the slice, not the worker id: a resumed epoch hands slices to other workers
-            rng = random.Random(f'{self.seed}/{self.epoch}/{part.start}')
-            stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         last_good = None
-        for position, sample in itertools.islice(stream, part.skip, None):
+        for position, sample in self._resumed(self.shard_order(self.epoch), part):
             label = int(sample[LABEL_KEY].decode().strip())
             try:
                 img = self._decode(sample)

@@ -83,16 +83,60 @@ def test_every_sample_once_per_epoch_across_ranks_and_workers(tmp_path, world, w
     assert epochs[0] != epochs[1]
 
 
-@pytest.mark.parametrize('workers', [0, 2])
-def test_resumed_epoch_continues_with_exactly_the_next_batches(tmp_path, workers):
+@pytest.mark.parametrize('world,workers', [(1, 0), (1, 2), (2, 2), (3, 0)])
+def test_resumed_epoch_continues_with_exactly_the_next_batches(tmp_path, world, workers):
+    """Stopped after `skip` steps and resumed (same processes and workers: the trainer checks), every rank goes on
+    with exactly the batches it had left, so over all ranks every sample is still trained once in the epoch."""
     pattern = write_shards(tmp_path)
-    loader = make_loader(pattern, 1, 0, workers)
-    loader.set_epoch(3)
+    loaders = [make_loader(pattern, world, rank, workers) for rank in range(world)]
+    full = []
+    for loader in loaders:
+        loader.set_epoch(3)
+        full.append(batches_seen(loader))
+    for skip in [k for k in (1, 2, 5) if k < len(full[0])]:  # 3 ranks have 3 steps each
+        resumed = []
+        for rank, loader in enumerate(loaders):
+            loader.set_epoch(3, skip_batches=skip)
+            assert len(loader) == len(full[rank]) - skip
+            resumed.append(batches_seen(loader))
+            assert resumed[rank] == full[rank][skip:], (rank, skip)
+        seen = [i for rank in range(world) for b in full[rank][:skip] + resumed[rank] for i in b]
+        assert len(seen) == len(set(seen)) == sum(len(b) for b in full for b in b)
+
+
+def test_buffer_shuffle_is_webdatasets_and_replays_from_positions_alone():
+    """The shuffle is webdataset's (same draws, same order: states written before keep their order), and
+    replaying its draws on positions gives the buffer and read position from which the rest follows exactly."""
+    import random
+    for n in (3, 5, 6, 12, 40):
+        expected = list(wds.shuffle(5, initial=5, rng=random.Random('k'))(iter(range(n))))
+        assert list(streaming.buffer_shuffle(range(n), 5, random.Random('k'))) == expected
+        for skip in range(n + 1):
+            rng = random.Random('k')
+            held, unread = streaming.replay_shuffle(0, n, skip, 5, rng)
+            assert set(held).isdisjoint(expected[:skip]) and unread <= n
+            assert list(streaming.buffer_shuffle(range(unread, n), 5, rng, list(held))) == expected[skip:], (n, skip)
+
+
+def test_a_resumed_reader_does_not_read_the_shards_it_has_passed(tmp_path, monkeypatch):
+    """Resuming late in an epoch, a reader opens only the shards from its oldest buffered sample on, not every
+    shard of its range from the start."""
+    pattern = write_shards(tmp_path, sizes=(8,) * 10)
+    opened = []
+    real = wds.tarfile_to_samples
+
+    def counting(*args, **kwargs):
+        stage = real(*args, **kwargs)
+        return lambda source: (opened.append(1), stage(source))[1]
+    monkeypatch.setattr(wds, 'tarfile_to_samples', counting)
+    loader = make_loader(pattern, 1, 0, 0)  # 20 steps of 4 over 80 samples in 10 shards, buffer of 5
+    loader.set_epoch(2)
     full = batches_seen(loader)
-    for skip in (1, 2, 5):
-        loader.set_epoch(3, skip_batches=skip)
-        assert len(loader) == len(full) - skip
-        assert batches_seen(loader) == full[skip:], skip
+    from_start = len(opened)
+    opened.clear()
+    loader.set_epoch(2, skip_batches=16)
+    assert batches_seen(loader) == full[16:]
+    assert from_start == 10 and len(opened) <= 3, (from_start, len(opened))
 
 
 def test_validation_stream_reads_every_sample_once(tmp_path):
