@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate
     r = evaluate(args.checkpoint, args.data, model=args.model, pretrained=args.pretrained,
                  batch_size=args.batch_size, data_root=args.data_root, download=args.download, output=args.output,
-                 fuse=args.fuse, dtype=args.dtype, backend=args.backend)
+                 fuse=args.fuse, dtype=args.dtype, backend=args.backend, hub_download=args.hub_download)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != 'confusion'}, indent=2))
     else:
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument('--data', default='digits', help="'digits', 'cifar10', 'cifar100' or an image folder")
             p.add_argument('--data-root', default='~/.cache/cvtlab/data', help='where cifar is stored')
             p.add_argument('--download', action=argparse.BooleanOptionalAction, default=True)
+            p.add_argument('--hub-download', action='store_true',
+                           help='hfds:NAME may download from the HF Hub (default: the HF cache only)')
             p.add_argument('--batch-size', type=_positive_int, default=64)
             p.add_argument('--output', help='folder for confusion.png and eval.json (default: beside the checkpoint)')
             p.add_argument('--json', action='store_true', help='print JSON instead of a table')

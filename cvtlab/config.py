@@ -30,6 +30,8 @@ class TrainConfig:
         help='validation data, in any form --data takes (default: its val/ folder or split, else --val-split of it)'))
     data_root: str = field(default='~/.cache/cvtlab/data', metadata=dict(help='where cifar is stored / downloaded'))
     download: bool = field(default=True, metadata=dict(help='download cifar when absent'))
+    hub_download: bool = field(default=False, metadata=dict(
+        help='hfds:NAME may download the data set from the HF Hub (default: read it from the HF cache only)'))
     val_split: float = field(default=0.2, metadata=dict(help='val fraction when the folder has no val/ subfolder'))
     strict_data: bool = field(default=False, metadata=dict(help='unreadable images are errors, not skipped'))
     img_size: Optional[int] = field(default=None, metadata=dict(
@@ -200,7 +202,8 @@ def config_from_args(args) -> TrainConfig:
 
 
 # Fields that do not change what a run learns (where it writes, how it logs, how many loader processes).
-_NOT_IN_COMMAND = ('output', 'resume', 'quiet', 'log_interval', 'num_workers', 'data_root', 'download')
+_NOT_IN_COMMAND = ('output', 'resume', 'quiet', 'log_interval', 'num_workers', 'data_root', 'download',
+                   'hub_download')
 
 
 def command_line(config: Dict[str, Any]) -> str:

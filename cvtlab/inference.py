@@ -28,12 +28,12 @@ def load_classifier(checkpoint: Optional[str] = None, model: Optional[str] = Non
     return Classifier.from_pretrained(model, pretrained=pretrained, **options)
 
 
-def _eval_split(data: str, transform, data_root: str, download: bool):
+def _eval_split(data: str, transform, data_root: str, download: bool, hub_download: bool = False):
     """The data to evaluate on: digits' val split, cifar's test set, a folder's val/ (else the whole folder),
     all of a wds: stream, an hfds: data set's validation split (else its train split, or the one named)."""
     from .streaming import is_streaming, validation_part
     if is_streaming(data):
-        dataset, classes = validation_part(data)
+        dataset, classes = validation_part(data, hub_download=hub_download)
         dataset.transform = transform
         return dataset, classes
     if data in ('digits', 'cifar10', 'cifar100'):
@@ -51,15 +51,16 @@ def _eval_split(data: str, transform, data_root: str, download: bool):
 def evaluate(checkpoint: Optional[str] = None, data: str = 'digits', model: Optional[str] = None,
              pretrained: bool = False, batch_size: int = 64, data_root: str = '~/.cache/cvtlab/data',
              download: bool = True, output: Optional[str] = None, fuse: bool = True, dtype: str = 'fp32',
-             backend: str = 'torch') -> dict:
+             backend: str = 'torch', hub_download: bool = False) -> dict:
     """Top-1 / top-5, per-class accuracy and the confusion matrix (PNG and JSON written to `output`).
+    `hub_download`: an `hfds:` Hub name may be fetched (otherwise the HF cache only).
 
     `fuse`, `dtype` ('bf16': CPUs with bf16 instructions; elsewhere fp32, with a warning) and `backend` as in
     `cvtlab.Classifier`, whose model and preprocessing this runs.
     """
     clf = load_classifier(checkpoint, model, pretrained, fuse=fuse, dtype=dtype, backend=backend,
                           batch_size=batch_size)
-    dataset, classes = _eval_split(data, clf.transform, data_root, download)
+    dataset, classes = _eval_split(data, clf.transform, data_root, download, hub_download)
     if clf.num_classes != len(classes):
         raise DataError(f'the data has {len(classes)} classes, the model {clf.num_classes}')
     names = clf.label_names

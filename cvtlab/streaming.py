@@ -10,14 +10,19 @@ exactly one of them; each range is read with webdataset (`tarfile_to_samples`) t
 (1,000 samples, seeded by seed, epoch and range). Every rank runs the same number of
 steps (DDP needs it): the epoch has (samples // world size) // batch size of them, like the folder loader's
 `drop_last`, so at most a batch per rank of samples is left out, a different one each epoch. Augmentation is
-seeded by the sample's position in the epoch, and a resumed epoch skips exactly the batches already trained.
+seeded by the sample's position in the epoch, and a resumed epoch skips exactly the batches already trained:
+the shuffle buffer's draws depend on its length only, never on the samples, so each reader replays its draws
+on sample positions alone (no reading), then reads from the oldest sample still in its buffer: whole shards
+before that are not opened, and of the shard it lies in only the tar members are walked through.
 
-**HF datasets.** `hfds:PATH` loads a `save_to_disk` folder, `hfds:NAME` a Hub data set already in the HF
-cache (`datasets.load_dataset`), `:SPLIT` picks a split (default: train). The image column is the one of
+**HF datasets.** `hfds:PATH` loads a `save_to_disk` folder, `hfds:NAME` a Hub data set from the HF cache
+(`datasets.load_dataset`, with the Hub held offline: nothing is fetched unless `hub_download`, the
+`--hub-download` flag, asks for it), `:SPLIT` picks a split (default: train). The image column is the one of
 type `Image`, the label the `ClassLabel` one (whose names become the classes) or a column named `label`.
 Validation: `--val-data`, else a validation / valid / val / test split, else `--val-split` of the data.
 These are random-access: they go through the same sampler as image folders.
 """
+import contextlib
 import io
 import itertools
 import logging
@@ -158,6 +163,50 @@ def _index_shards(pattern: str, strict: bool) -> ShardIndex:
     return ShardIndex(shards, counts, classes, unusable)
 
 
+_END = object()
+
+
+def _pick(buf: list, rng: random.Random):
+    """Take a random item out of the buffer (swap with the last: O(1)), as webdataset's `pick` does."""
+    k = rng.randint(0, len(buf) - 1)
+    item, buf[k] = buf[k], buf[-1]
+    buf.pop()
+    return item
+
+
+def buffer_shuffle(items, bufsize: int, rng: random.Random, buf: Optional[list] = None):
+    """webdataset's `shuffle` with `initial=bufsize` (the same draws, so the same order), able to start from a
+    given buffer. Its draws depend on how full the buffer is, never on the items: `replay_shuffle` runs it on
+    positions to know what a resumed reader's buffer holds without reading a sample."""
+    buf = [] if buf is None else buf
+    items = iter(items)
+    for item in items:
+        buf.append(item)
+        if len(buf) < bufsize:
+            extra = next(items, _END)
+            if extra is not _END:
+                buf.append(extra)
+        if len(buf) >= bufsize:
+            yield _pick(buf, rng)
+    while buf:
+        yield _pick(buf, rng)
+
+
+def replay_shuffle(start: int, stop: int, skip: int, bufsize: int, rng: random.Random) -> Tuple[list, int]:
+    """After `skip` items of `buffer_shuffle` over positions [start, stop): (the positions in its buffer, in
+    buffer order, and the first position not read yet); `rng` is left where that shuffle's would be."""
+    buf, read = [], [start]
+
+    def positions():
+        for position in range(start, stop):
+            read[0] = position + 1
+            yield position
+    shuffled = buffer_shuffle(positions(), bufsize, rng, buf)
+    for _ in range(skip):
+        next(shuffled)
+    return buf, read[0]
+
+
 @dataclass(frozen=True)
 class _Slice:
     """One reader's share of an epoch: global sample positions [start, stop), the first `skip` (after shuffling)
@@ -207,17 +256,30 @@ class ShardStream(IterableDataset):
         ext = next(k for k in IMAGE_KEYS if k in sample)
         return load_image(io.BytesIO(sample[ext]), name=f'{sample["__url__"]}:{sample["__key__"]}.{ext}')
 
+    def _resumed(self, order: List[int], part: _Slice):
+        """(position, sample) of `part` in shuffled order, without its first `part.skip` (already trained)."""
+        if not self.shuffle:
+            return self._positions(order, _Slice(part.start + part.skip, part.stop))
+        # keyed by the slice, not the worker id: a resumed epoch hands slices to other workers
+        rng = random.Random(f'{self.seed}/{self.epoch}/{part.start}')
+        held, unread = replay_shuffle(part.start, part.stop, part.skip, self.shuffle_buffer, rng)
+        wanted, kept = set(held), {}
+        raw = self._positions(order, _Slice(min(held + [unread]), part.stop))
+        first = []
+        for position, sample in raw:  # the samples still in the buffer: read again, the others passed over
+            if position >= unread:
+                first = [(position, sample)]
+                break
+            if position in wanted:
+                kept[position] = sample
+        return buffer_shuffle(itertools.chain(first, raw), self.shuffle_buffer, rng,
+                              [(position, kept[position]) for position in held])
+
     def __iter__(self):
-        import webdataset as wds
         info = get_worker_info()
         part = self.plan[info.id if info is not None else 0]
-        stream = self._positions(self.shard_order(self.epoch), part)
-        if self.shuffle:
-            # keyed by the slice, not the worker id: a resumed epoch hands slices to other workers
-            rng = random.Random(f'{self.seed}/{self.epoch}/{part.start}')
-            stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         last_good = None
-        for position, sample in itertools.islice(stream, part.skip, None):
+        for position, sample in self._resumed(self.shard_order(self.epoch), part):
             label = int(sample[LABEL_KEY].decode().strip())
             try:
                 img = self._decode(sample)
@@ -325,7 +387,23 @@ def _parse_hf(spec: str) -> Tuple[str, Optional[str]]:
     return name, split
 
 
-def _load_hf(name: str):
+@contextlib.contextmanager
+def _hub_offline():
+    """The Hub held offline for one call, whatever HF_HUB_OFFLINE says: huggingface_hub and datasets read it once,
+    at import, into module constants that they consult at call time, so set both and restore them after."""
+    import datasets
+    from huggingface_hub import constants
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _load_hf(name: str, hub_download: bool = False):
+    """A save_to_disk folder, else a Hub data set: from the HF cache only unless `hub_download` (a training job
+    should not start a download of unknown size on every node because a name was mistyped or not cached)."""
     datasets = _require('datasets')
     path = Path(name).expanduser()
     if path.exists():
@@ -335,9 +413,11 @@ def _load_hf(name: str):
             raise DataError(f'hfds:{name}: not a save_to_disk folder ({type(e).__name__}: '
                             f'{str(e).splitlines()[0][:160]})') from None
     try:
-        return datasets.load_dataset(name)
+        with contextlib.nullcontext() if hub_download else _hub_offline():
+            return datasets.load_dataset(name)
     except (FileNotFoundError, ValueError, OSError, ConnectionError) as e:  # the Hub's errors derive from these
-        raise DataError(f'hfds:{name}: no such folder, and no such data set in the HF cache ({type(e).__name__}: '
+        where = 'on the Hub' if hub_download else 'in the HF cache (--hub-download fetches it)'
+        raise DataError(f'hfds:{name}: no such folder, and no such data set {where} ({type(e).__name__}: '
                         f'{str(e).splitlines()[0][:160]})') from None
 
 
@@ -387,7 +467,8 @@ def _hf_samples(dataset, name: str):
 
 
 # --- building ------------------------------------------------------------------------------------------------
-def _training_part(data: str, has_val_data: bool, *, data_root, download, val_split, strict, seed):
+def _training_part(data: str, has_val_data: bool, *, data_root, download, val_split, strict, seed,
+                   hub_download=False):
     """(train dataset, val dataset or None, classes, skipped, typical image size)."""
     if data.startswith(WDS):
         index = index_shards(data[len(WDS):], strict)
@@ -397,7 +478,7 @@ def _training_part(data: str, has_val_data: bool, *, data_root, download, val_sp
         return stream, None, index.classes, 0, typical_size([img for img, _ in stream.preview(16)])
     if data.startswith(HFDS):
         name, split = _parse_hf(data[len(HFDS):])
-        loaded = _load_hf(name)
+        loaded = _load_hf(name, hub_download)
         samples, load, classes = _hf_samples(_hf_split(loaded, name, split, 'train'), name)
         val = None
         if not has_val_data:
@@ -421,26 +502,28 @@ def _training_part(data: str, has_val_data: bool, *, data_root, download, val_sp
             classes, skipped, typical_size([item for item, _ in train]))
 
 
-def validation_part(data: str, *, data_root='~/.cache/cvtlab/data', download=True, strict=False):
+def validation_part(data: str, *, data_root='~/.cache/cvtlab/data', download=True, strict=False,
+                    hub_download=False):
     """(dataset, classes) of the whole of `data` for validation (a wds stream is read in order, unshuffled)."""
     if data.startswith(WDS):
         index = index_shards(data[len(WDS):], strict)
         return ShardStream(index, shuffle=False, strict=strict), index.classes
     if data.startswith(HFDS):
         name, split = _parse_hf(data[len(HFDS):])
-        samples, load, classes = _hf_samples(_hf_split(_load_hf(name), name, split, 'val'), name)
+        samples, load, classes = _hf_samples(_hf_split(_load_hf(name, hub_download), name, split, 'val'), name)
         return ImageDataset(samples, None, strict, load=load), classes
     train, val, classes, _ = _local_samples(data, data_root, download, 0.5, strict)
     return ImageDataset(train + val, None, strict), classes
 
 
 def build_datasets(data: str, val_data: Optional[str], train_transform, eval_transform, *, data_root: str,
-                   download: bool, val_split: float, strict: bool, seed: int) -> DataSplit:
+                   download: bool, val_split: float, strict: bool, seed: int, hub_download: bool = False) -> DataSplit:
     train, val, classes, skipped, size = _training_part(data, val_data is not None, data_root=data_root,
                                                         download=download, val_split=val_split, strict=strict,
-                                                        seed=seed)
+                                                        seed=seed, hub_download=hub_download)
     if val_data is not None:
-        val, val_classes = validation_part(val_data, data_root=data_root, download=download, strict=strict)
+        val, val_classes = validation_part(val_data, data_root=data_root, download=download, strict=strict,
+                                           hub_download=hub_download)
         check_same_classes(classes, val_classes, val_data)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f'{data}: no images to train or validate on')

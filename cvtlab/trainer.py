@@ -3,7 +3,8 @@
 Run directory:
     config.yaml, train.log, metrics.csv, events.out.tfevents.* (TensorBoard), classes.json,
     last/ and best/ (model folders, `cvtlab.folder`: config.json + model.safetensors), train_state.pt
-    (everything needed to resume; plain tensors and containers, loadable with weights_only=True),
+    (everything needed to resume; plain tensors and containers, loadable with weights_only=True; with the
+    layout it was written with: world size, per-process batch, loader workers, checked by `check_resume_layout`),
     summary.json, plots.png, samples/ (a few validation images for `cvtlab predict`).
 """
 import contextlib
@@ -32,6 +33,7 @@ from .progress import EpochProgress
 from .registry import create_model
 from .schedule import derive_schedule
 from .datasources import build_datasets, eval_loader, train_loader
+from .streaming import StreamLoader
 
 _logger = logging.getLogger('cvtlab')
 STATE_FILE = 'train_state.pt'
@@ -53,6 +55,52 @@ class RunState:
     epoch_images: int = 0
     epoch_seconds: float = 0.0
     epoch_data_seconds: float = 0.0  # of epoch_seconds, waiting for the data loader
+
+
+def _describe(layout: dict) -> str:
+    accum = f' x --grad-accum {layout["grad_accum"]}' if layout['grad_accum'] > 1 else ''
+    return f'{layout["world_size"]} process(es) x --batch-size {layout["batch_size"]}{accum}'
+
+
+def check_resume_layout(saved: Optional[dict], now: dict, mid_epoch: bool) -> Optional[str]:
+    """Can a run whose state was written with layout `saved` continue as `now` (world size, per-process batch,
+    grad accumulation, loader workers)? Raises ConfigError where it would go wrong; else returns a line for the
+    log when the layout changed (None when it did not, or for a state from before layouts were recorded).
+
+    The step counter, the lr schedule (in updates) and the place in an epoch all count steps of
+    world size x batch images, so that product and --grad-accum must stay. Then map-style data (folders, digits,
+    cifar, hfds:) continues exactly even inside an epoch with another world size: the sampler's order is the
+    same, and the first k steps of W ranks x B images are its first k x W x B indices for any W. Streamed
+    shards (wds:) cut each epoch into one range per rank and loader worker, so inside an epoch both must stay;
+    from the next epoch on the plan is made for the new layout."""
+    if saved is None:
+        return None
+    steps_before, steps_now = (x['world_size'] * x['batch_size'] for x in (saved, now))
+    if steps_before != steps_now or saved['grad_accum'] != now['grad_accum']:
+        fix = []
+        if saved['grad_accum'] != now['grad_accum']:
+            fix.append(f'--grad-accum {saved["grad_accum"]}')
+        if steps_before == steps_now:
+            pass
+        elif steps_before % now['world_size'] == 0:
+            fix.append(f'--batch-size {steps_before // now["world_size"]}')
+        else:
+            fix.append(f'{saved["world_size"]} process(es) and --batch-size {saved["batch_size"]}')
+        raise ConfigError(f'--resume: the run took steps of {steps_before} images ({_describe(saved)}), this job '
+                          f'{steps_now} ({_describe(now)}); its step count, lr schedule and place in the epoch count '
+                          f'those steps: resume with {" and ".join(fix)}')
+    readers = lambda x: (x['world_size'], x['loader_workers'])  # noqa: E731
+    if mid_epoch and saved['streamed'] and readers(saved) != readers(now):
+        raise ConfigError(f'--resume: the run stopped inside an epoch of streamed shards read by '
+                          f'{saved["world_size"]} process(es) x {saved["loader_workers"]} loader worker(s); what each '
+                          f'reader has left depends on both, so {now["world_size"]} x {now["loader_workers"]} cannot '
+                          f'continue it: resume with {saved["world_size"]} process(es) and --num-workers '
+                          f'{saved["num_workers"]}')
+    if (saved['world_size'], saved['batch_size']) != (now['world_size'], now['batch_size']):
+        where = 'the rest of this epoch exactly' if mid_epoch else 'from the next epoch'
+        return f'written by {_describe(saved)}, continued by {_describe(now)}: the same {steps_now} images a step, ' \
+               f'{where}'
+    return None
 
 
 def default_output(config: TrainConfig) -> str:
@@ -140,8 +188,11 @@ class Trainer:
         c, env = self.config, self.env
         from .registry import _check_name
         _check_name(c.model)  # before any data work
+        if c.sync_bn:
+            distributed.check_sync_bn(env)
         self.data = build_datasets(c.data, None, None, data_root=c.data_root, download=c.download,
-                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data)
+                                   val_split=c.val_split, strict=c.strict_data, seed=c.seed, val_data=c.val_data,
+                                   hub_download=c.hub_download)
         self.num_classes = len(self.data.classes)
         self.model = self._create_model()
         self.data_config = resolve_data_config(self.model, self.img_size)
@@ -224,8 +275,15 @@ class Trainer:
             run=vars(state).copy(), model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             ema=self.ema.module.state_dict() if self.ema else None, config=self.config.to_dict(),
-            classes=self.data.classes,
+            classes=self.data.classes, layout=self._layout(),
             rng=dict(torch=torch.get_rng_state(), numpy=_numpy_state(), python=random.getstate()))
+
+    def _layout(self) -> dict:
+        """What the step size and, for streamed data, each reader's share of an epoch depend on."""
+        streamed = isinstance(self.train_loader, StreamLoader)
+        return dict(world_size=self.env.world_size, batch_size=self.config.batch_size,
+                    grad_accum=self.config.grad_accum, num_workers=self.config.num_workers, streamed=streamed,
+                    loader_workers=self.train_loader.workers if streamed else None)
 
     def save_state(self, state: RunState):
         """Training state (atomic) and user-facing `last` weights; rank 0 only."""
@@ -254,6 +312,9 @@ class Trainer:
         if payload['classes'] != self.data.classes:
             raise ConfigError(f'--resume: the data classes differ from the run\'s ({len(payload["classes"])} '
                               f'saved, {len(self.data.classes)} now)')
+        # every rank reads the same file, so every rank refuses alike (before any collective)
+        self.resume_note = check_resume_layout(payload.get('layout'), self._layout(),
+                                               mid_epoch=payload['run']['batch_in_epoch'] > 0)
         self.model.load_state_dict(payload['model'])
         self.optimizer.load_state_dict(payload['optimizer'])
         self.scheduler.load_state_dict(payload['scheduler'])
@@ -277,7 +338,8 @@ class Trainer:
                          f'(global batch {self.global_batch}), {self.env.world_size} process(es) on '
                          f'{self.env.device.type}')
             if c.resume:
-                _logger.info(f'resumed at epoch {state.epoch + 1}, batch {state.batch_in_epoch}')
+                note = f' ({self.resume_note})' if self.resume_note else ''
+                _logger.info(f'resumed at epoch {state.epoch + 1}, batch {state.batch_in_epoch}{note}')
         writer = self._tensorboard()
         progress = EpochProgress(self.is_main, c.quiet, c.log_interval)
         stop = StopFlag()

@@ -83,16 +83,60 @@ def test_every_sample_once_per_epoch_across_ranks_and_workers(tmp_path, world, w
     assert epochs[0] != epochs[1]
 
 
-@pytest.mark.parametrize('workers', [0, 2])
-def test_resumed_epoch_continues_with_exactly_the_next_batches(tmp_path, workers):
+@pytest.mark.parametrize('world,workers', [(1, 0), (1, 2), (2, 2), (3, 0)])
+def test_resumed_epoch_continues_with_exactly_the_next_batches(tmp_path, world, workers):
+    """Stopped after `skip` steps and resumed (same processes and workers: the trainer checks), every rank goes on
+    with exactly the batches it had left, so over all ranks every sample is still trained once in the epoch."""
     pattern = write_shards(tmp_path)
-    loader = make_loader(pattern, 1, 0, workers)
-    loader.set_epoch(3)
+    loaders = [make_loader(pattern, world, rank, workers) for rank in range(world)]
+    full = []
+    for loader in loaders:
+        loader.set_epoch(3)
+        full.append(batches_seen(loader))
+    for skip in [k for k in (1, 2, 5) if k < len(full[0])]:  # 3 ranks have 3 steps each
+        resumed = []
+        for rank, loader in enumerate(loaders):
+            loader.set_epoch(3, skip_batches=skip)
+            assert len(loader) == len(full[rank]) - skip
+            resumed.append(batches_seen(loader))
+            assert resumed[rank] == full[rank][skip:], (rank, skip)
+        seen = [i for rank in range(world) for b in full[rank][:skip] + resumed[rank] for i in b]
+        assert len(seen) == len(set(seen)) == sum(len(b) for b in full for b in b)
+
+
+def test_buffer_shuffle_is_webdatasets_and_replays_from_positions_alone():
+    """The shuffle is webdataset's (same draws, same order: states written before keep their order), and
+    replaying its draws on positions gives the buffer and read position from which the rest follows exactly."""
+    import random
+    for n in (3, 5, 6, 12, 40):
+        expected = list(wds.shuffle(5, initial=5, rng=random.Random('k'))(iter(range(n))))
+        assert list(streaming.buffer_shuffle(range(n), 5, random.Random('k'))) == expected
+        for skip in range(n + 1):
+            rng = random.Random('k')
+            held, unread = streaming.replay_shuffle(0, n, skip, 5, rng)
+            assert set(held).isdisjoint(expected[:skip]) and unread <= n
+            assert list(streaming.buffer_shuffle(range(unread, n), 5, rng, list(held))) == expected[skip:], (n, skip)
+
+
+def test_a_resumed_reader_does_not_read_the_shards_it_has_passed(tmp_path, monkeypatch):
+    """Resuming late in an epoch, a reader opens only the shards from its oldest buffered sample on, not every
+    shard of its range from the start."""
+    pattern = write_shards(tmp_path, sizes=(8,) * 10)
+    opened = []
+    real = wds.tarfile_to_samples
+
+    def counting(*args, **kwargs):
+        stage = real(*args, **kwargs)
+        return lambda source: (opened.append(1), stage(source))[1]
+    monkeypatch.setattr(wds, 'tarfile_to_samples', counting)
+    loader = make_loader(pattern, 1, 0, 0)  # 20 steps of 4 over 80 samples in 10 shards, buffer of 5
+    loader.set_epoch(2)
     full = batches_seen(loader)
-    for skip in (1, 2, 5):
-        loader.set_epoch(3, skip_batches=skip)
-        assert len(loader) == len(full) - skip
-        assert batches_seen(loader) == full[skip:], skip
+    from_start = len(opened)
+    opened.clear()
+    loader.set_epoch(2, skip_batches=16)
+    assert batches_seen(loader) == full[16:]
+    assert from_start == 10 and len(opened) <= 3, (from_start, len(opened))
 
 
 def test_validation_stream_reads_every_sample_once(tmp_path):
@@ -165,6 +209,43 @@ def test_hf_hub_name_is_read_from_the_cache(monkeypatch, tmp_path):
     with pytest.raises(DataError, match='no such data set in the HF cache'):
         streaming.build_datasets('hfds:nobody/nothing-here', None, None, None, data_root='', download=False,
                                  val_split=0.2, strict=False, seed=0)
+
+
+def test_hf_hub_name_is_not_fetched_unless_asked(monkeypatch):
+    """Even where HF_HUB_OFFLINE is unset (as on a user's machine: both libraries' constants off here), a Hub name
+    is read from the HF cache only: datasets runs with the Hub offline and no host name is looked up (the network
+    is cut by this test either way). `hub_download` (--hub-download) lets datasets fetch it."""
+    import socket
+    from huggingface_hub import constants
+    from cvtlab.cli import build_parser
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', False)
+    lookups = []
+
+    def cut(host, *args, **kwargs):
+        lookups.append(host)
+        raise OSError('network cut by the test')
+    monkeypatch.setattr(socket, 'getaddrinfo', cut)
+    monkeypatch.setattr(socket, 'create_connection', cut)
+    with pytest.raises(DataError, match=r'no such data set in the HF cache \(--hub-download fetches it\)'):
+        streaming.build_datasets('hfds:nobody/nothing-here', None, None, None, data_root='', download=True,
+                                 val_split=0.2, strict=False, seed=0)
+    assert lookups == []
+    assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False  # restored after the call
+
+    modes = []
+
+    def load_dataset(name, *args, **kwargs):
+        modes.append((constants.is_offline_mode(), datasets.config.HF_HUB_OFFLINE))
+        return datasets.DatasetDict({'train': _hf_split(12, 0), 'validation': _hf_split(6, 1)})
+    monkeypatch.setattr(datasets, 'load_dataset', load_dataset)
+    for hub_download in (False, True):
+        streaming.build_datasets('hfds:someone/shapes', None, None, None, data_root='', download=True,
+                                 val_split=0.2, strict=False, seed=0, hub_download=hub_download)
+    assert modes == [(True, True), (False, False)]
+    # the opt-in, on the command line of train (a config field) and eval
+    assert build_parser().parse_args(['train', '--hub-download']).hub_download is True
+    assert build_parser().parse_args(['eval', '--model', 'cvt_tiny', '--hub-download']).hub_download is True
 
 
 def test_train_and_eval_on_shards_end_to_end(tmp_path):
