@@ -335,3 +335,45 @@ def test_gemm_attention_swap_computes_the_same_model(name):
     assert GemmConvAttention in kinds or GemmAttentionPath in kinds
     assert swapped.state_dict().keys() == model.state_dict().keys()
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
+def test_sample_parallel_splits_the_batch_across_threads_and_changes_nothing(name, two_threads):
+    import threading
+    model = small_model(name, {}).eval()
+    fused = fuse_for_inference(model)
+    x = torch.randn(5, 3, 40, 40)  # 3 + 2 samples
+    seen = []
+    hook = fused.model.register_forward_pre_hook(
+        lambda mod, args: seen.append((threading.current_thread().name, args[0].shape[0], torch.get_num_threads())))
+    with torch.inference_mode():
+        ref = model(x)
+        out = fused(x)
+        assert sorted(n for _, n, _ in seen) == [2, 3] and all(t.startswith('cvtlab-samples') for t, _, _ in seen)
+        assert all(threads == 1 for _, _, threads in seen)  # two workers, one intra-op thread each
+        assert torch.get_num_threads() == 2  # the caller's setting is its own
+        seen.clear()
+        fused.sample_parallel = False
+        plain = fused(x)
+        assert [n for _, n, _ in seen] == [5]
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(out, plain, atol=1e-6)
+    hook.remove()
+
+
+def test_sample_parallel_leaves_gradients_to_the_input_alone(two_threads):
+    """Input gradients (explain, adversarial) need the caller's thread: such calls run whole."""
+    model = small_model('cvt_tiny', {}).eval()
+    fused = fuse_for_inference(model)
+    x = torch.randn(4, 3, 40, 40, requires_grad=True)
+    fused(x).logsumexp(-1).sum().backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    model(ref_x).logsumexp(-1).sum().backward()
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5)

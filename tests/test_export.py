@@ -194,3 +194,24 @@ def test_exported_onnx_files_evaluate_and_predict(tmp_path):
     (tmp_path / 'q.preprocess.json').unlink()
     bad = run('eval', '--checkpoint', str(tmp_path / 'q.onnx'), '--data', 'digits')
     assert bad.returncode == 2 and 'preprocess.json is missing' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_session_runner_splits_a_batch_by_samples_like_the_torch_path(tmp_path):
+    """onnxruntime (`--backend onnxruntime`, exported files) splits a batch across the threads by samples, each
+    part on a one-thread session: the same logits as one session on the whole batch."""
+    from cvtlab.deploy.backends import SessionRunner, onnxruntime_session
+    model = random_bn(timm.create_model('lg_nano', num_classes=5)).eval()
+    export_onnx(model, tmp_path / 'm.onnx')
+    x = torch.randn(5, 3, 32, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner = SessionRunner(tmp_path / 'm.onnx')
+        out, single = runner(x), runner(x[:1])
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(runner._sessions) == [1, 2]  # the whole-batch session (2 threads) and the parts' (1 thread)
+    whole = onnxruntime_session(tmp_path / 'm.onnx').run(None, {'image': x.numpy()})[0]
+    assert np.allclose(out.numpy(), whole, atol=1e-5) and np.allclose(single.numpy(), whole[:1], atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(out, model(x), atol=1e-4)

@@ -18,22 +18,23 @@ from .subjects import BenchSettings, Subject, check_settings, finish_row, measur
 PEERS = ('onnxruntime', 'onnxruntime-int8', 'compile')
 
 
-def onnxruntime_session(model: torch.nn.Module, folder: str, img_size: Tuple[int, int], int8: bool = False):
+def onnxruntime_runner(model: torch.nn.Module, folder: str, img_size: Tuple[int, int], int8: bool = False):
     """cvtlab's export of `model` (`cvtlab.export.export_onnx`, fused, checked against PyTorch) in an
-    onnxruntime session with torch's thread count. With `int8`, the export's int8 form, calibrated on two
+    onnxruntime `SessionRunner` (as `--backend onnxruntime` and exported files run: a batch split by samples
+    across torch's thread count). With `int8`, the export's int8 form, calibrated on two
     batches of random images: the scales it picks change the accuracy, not the speed, which is all that
     is timed here (accuracy: BENCHMARKS.md, measured on a trained model)."""
-    from ..deploy.backends import onnxruntime_session as session
+    from ..deploy.backends import SessionRunner
     from ..export import export_onnx
     path = Path(folder) / ('model.int8.onnx' if int8 else 'model.onnx')
     g = torch.Generator().manual_seed(0)
     calibration = [torch.randn(2, 3, *img_size, generator=g).numpy() for _ in range(2)] if int8 else None
     export_onnx(model, path, int8=int8, calibration=calibration)
-    return session(path)
+    return SessionRunner(path)
 
 
-def _run_session(session, x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(session.run(None, {'image': x.contiguous().numpy()})[0])
+def _run_session(runner, x: torch.Tensor) -> torch.Tensor:
+    return runner(x)
 
 
 def compare_peers(name: str, peers: Sequence[str], settings: BenchSettings = BenchSettings()) -> List[dict]:
@@ -57,8 +58,8 @@ def compare_peers(name: str, peers: Sequence[str], settings: BenchSettings = Ben
     with tempfile.TemporaryDirectory() as folder:
         for peer in peers:
             if peer.startswith('onnxruntime'):
-                session = onnxruntime_session(model, folder, img_size, int8=peer == 'onnxruntime-int8')
-                subjects.append(Subject(peer, session, None, _run_session))
+                runner = onnxruntime_runner(model, folder, img_size, int8=peer == 'onnxruntime-int8')
+                subjects.append(Subject(peer, runner, None, _run_session))
             else:
                 subjects.append(Subject('compile', compile_for_inference(model), None))
         x = torch.randn(s.batch_size, 3, *img_size, device=s.device)

@@ -5,6 +5,7 @@ import json
 import logging
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Tuple
@@ -13,29 +14,64 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .parallel import sample_parallel, worker_count
 from .wrapper import Wrapper
 
-__all__ = ['BACKENDS', 'OnnxRuntimeModel', 'OnnxFileModel', 'choose_backend']
+__all__ = ['BACKENDS', 'OnnxRuntimeModel', 'OnnxFileModel', 'SessionRunner', 'choose_backend']
 BACKENDS = ('torch', 'onnxruntime', 'auto')
 _logger = logging.getLogger('cvtlab')
 
 
-def onnxruntime_session(path):
-    """An onnxruntime CPU session on `path` with torch's thread count."""
+def onnxruntime_session(path, threads: int = 0):
+    """An onnxruntime CPU session on `path` (or the graph's bytes) with `threads` intra-op threads (default:
+    torch's thread count)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ConfigError("the onnxruntime backend needs onnx and onnxruntime: pip install 'cvtlab[export]'") \
             from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                providers=['CPUExecutionProvider'])
+
+
+class SessionRunner:
+    """An exported graph in onnxruntime, called on B 3 H W fp32 tensors, returning fp32 logits.
+
+    Like the torch path (`SampleGroups`), a batch of two or more is split across torch's thread count by
+    samples (`parallel.sample_parallel`), each part on a session with `threads // workers` intra-op threads
+    (made on first use); a single image runs on one session with all of them. `session` is that one."""
+
+    def __init__(self, path):
+        self.graph = path if isinstance(path, bytes) else str(path)
+        self.threads = torch.get_num_threads()
+        self._sessions = {}
+        self._lock = threading.Lock()
+        self.session = self._session(self.threads)
+
+    def _session(self, threads: int):
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = onnxruntime_session(self.graph, threads)
+            return self._sessions[threads]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        workers = worker_count(x.shape[0], self.threads)
+        if workers == 1:
+            return self._run(self.session, x)
+        part_session = self._session(max(1, self.threads // workers))
+        return sample_parallel(lambda part: self._run(part_session, part), x, self.threads)
+
+    @staticmethod
+    def _run(session, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {'image': x.float().contiguous().numpy()})[0])
 
 
 class OnnxRuntimeModel(Wrapper):
     """A model's logits from onnxruntime running cvtlab's export of it (`cvtlab.export.export_onnx`, checked
-    against PyTorch at two sizes), called like the model on B 3 H W fp32 tensors. Attributes not found here
-    (`num_classes`, `pretrained_cfg`, ...) are looked up on the PyTorch model."""
+    against PyTorch at two sizes), called like the model on B 3 H W fp32 tensors (`SessionRunner`).
+    Attributes not found here (`num_classes`, `pretrained_cfg`, ...) are looked up on the PyTorch model."""
 
     wrapped = 'torch_model'
 
@@ -46,15 +82,15 @@ class OnnxRuntimeModel(Wrapper):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / 'model.onnx'
             export_onnx(model, path, fuse=False)  # `model` is already what should run (fused or not)
-            self.session = onnxruntime_session(path)
+            self.runner = SessionRunner(path.read_bytes())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {'image': x.float().contiguous().numpy()})[0])
+        return self.runner(x)
 
 
 class OnnxFileModel(nn.Module):
-    """A file written by `cvtlab export` (fp32 or `--int8`) in onnxruntime, called like a timm model on
-    B 3 H W fp32 tensors. Its `<stem>.preprocess.json` supplies what timm's data config reads
+    """A file written by `cvtlab export` (fp32 or `--int8`) in onnxruntime (`SessionRunner`), called like a
+    timm model on B 3 H W fp32 tensors. Its `<stem>.preprocess.json` supplies what timm's data config reads
     (`pretrained_cfg`: input size, mean/std, interpolation, crop, label names); `num_classes` comes from the
     graph's output."""
 
@@ -67,14 +103,14 @@ class OnnxFileModel(nn.Module):
         if not pre_path.is_file():
             raise ConfigError(f'{path}: {pre_path.name} is missing beside it (cvtlab export writes both)')
         pre = json.loads(pre_path.read_text())
-        self.session = onnxruntime_session(path)
-        self.num_classes = int(self.session.get_outputs()[0].shape[-1])
+        self.runner = SessionRunner(path)
+        self.num_classes = int(self.runner.session.get_outputs()[0].shape[-1])
         keys = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode', 'label_names')
         self.pretrained_cfg = {k: (tuple(pre[k]) if isinstance(pre[k], list) else pre[k]) for k in keys if k in pre}
         self.onnx_dtype = pre.get('dtype', 'fp32')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {'image': x.float().contiguous().numpy()})[0])
+        return self.runner(x)
 
 
 def _median_time(fn, x: torch.Tensor, calls: int) -> float:

@@ -25,7 +25,7 @@ CHUNK_BYTES_SAMPLES = 16 << 20
 CHUNK_BYTES_FEATURES = 8 << 20
 
 
-def _runs_whole(x: torch.Tensor) -> bool:
+def runs_whole(x: torch.Tensor) -> bool:
     # recording gradients: `x` requires them (a fused model's weights never do, see `fuse_for_inference`)
     return x.device.type != 'cpu' or (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
 
@@ -40,7 +40,7 @@ def rowwise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     says the caller compiles with static shapes (`compile_for_inference`): then the blocks, at most
     `CHUNK_BYTES_COMPILED` and `CHUNK_ROWS_COMPILED` rows, unroll into one graph that inductor fuses.
     """
-    if _runs_whole(x):
+    if runs_whole(x):
         return fn(x)
     compiling = torch.compiler.is_compiling()
     if compiling and not compiled_blocks:
@@ -67,7 +67,7 @@ def samplewise_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     `CHUNK_BYTES_SAMPLES`). The fewest groups that fit, of even size where the batch allows (32 samples at
     10 per group run as 8 + 8 + 8 + 8, not 10 + 10 + 10 + 2). Also whole under torch.compile.
     """
-    if _runs_whole(x) or torch.compiler.is_compiling():
+    if runs_whole(x) or torch.compiler.is_compiling():
         return fn(x)
     batch = x.shape[0]
     step = max(1, (CHUNK_BYTES_SAMPLES if budget is None else budget) // max(bytes_per_sample, 1))

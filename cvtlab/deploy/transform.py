@@ -6,7 +6,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
 - CvT's QuickGELU MLP as timm's `Mlp` with SiLU on pre-scaled weights (one element-wise pass);
 - every transformer block's MLP residual, x + mlp(norm2(x)), over cache-sized blocks of tokens, and an
   LG block's attention over groups of samples (`blocks.py`);
-- the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`);
+- the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`), and on
+  CPU a batch split across the threads by samples (`parallel.py`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
   weights, an MLP's activation fused into its first Linear (`kernels.py`);
 - in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`).
@@ -26,6 +27,7 @@ from . import blocks
 from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
+from .parallel import sample_parallel
 from .wrapper import Wrapper
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
@@ -67,22 +69,31 @@ class InferenceBlock(nn.Module):
 class SampleGroups(Wrapper):
     """`model` (eval only) run over groups of samples whose first-stage map (the output of the stem conv
     of one image) fits `CHUNK_BYTES_FEATURES`: every stage's maps of a few images stay in cache where a
-    whole batch's would not. Attributes not found here are looked up on `model`."""
+    whole batch's would not. With `sample_parallel` (the default) a CPU batch of two or more samples is also
+    split across the threads by samples, each part on its own worker (`parallel.py`). Attributes not found
+    here are looked up on `model`."""
 
-    def __init__(self, model: nn.Module, stem: nn.Conv2d, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, stem: nn.Conv2d, dtype: torch.dtype = torch.float32,
+                 sample_parallel: bool = True):
         super().__init__()
         self.model = model
         self.stem_stride, self.stem_channels = stem.stride, stem.out_channels  # not the module: no second registration
         self.dtype = dtype  # of the weights: inputs are cast to it, outputs come back in fp32
+        self.sample_parallel = sample_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
-        return samplewise_chunked(self.model, x, self._first_map_bytes(x), blocks.CHUNK_BYTES_FEATURES).float()
+        return self._over_samples(self.model, x.to(self.dtype)).float()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
-        return samplewise_chunked(self.model.forward_features, x, self._first_map_bytes(x),
-                                  blocks.CHUNK_BYTES_FEATURES).float()
+        return self._over_samples(self.model.forward_features, x.to(self.dtype)).float()
+
+    def _over_samples(self, fn, x: torch.Tensor) -> torch.Tensor:
+        def in_groups(part: torch.Tensor) -> torch.Tensor:
+            return samplewise_chunked(fn, part, self._first_map_bytes(part), blocks.CHUNK_BYTES_FEATURES)
+
+        if not self.sample_parallel or blocks.runs_whole(x) or torch.compiler.is_compiling():
+            return in_groups(x)
+        return sample_parallel(in_groups, x, torch.get_num_threads())
 
     def _first_map_bytes(self, x: torch.Tensor) -> int:
         (sh, sw), (H, W) = self.stem_stride, x.shape[-2:]
