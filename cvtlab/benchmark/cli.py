@@ -5,6 +5,8 @@ import sys
 from dataclasses import asdict
 from typing import List
 
+import torch
+
 from ..console import console
 from ..errors import ConfigError
 from .hf import compare_hf
@@ -82,14 +84,15 @@ def cmd_benchmark(args) -> int:
         rows, plot = compare_peers(args.models[0], [p.strip() for p in args.compare.split(',')], s), None
     else:
         rows, plot = benchmark_models(args.models, s), None
-    cpu = cpu_info() if s.device == 'cpu' else None
+    cpu = dict(cpu_info(), threads=torch.get_num_threads()) if s.device == 'cpu' else None
     if args.json:
         print(json.dumps(dict(settings=asdict(s), cpu=cpu, results=rows, plot=plot), indent=2))
     else:
         _print_table(rows)
     summary = sys.stderr if args.json else sys.stdout  # --json keeps stdout machine-readable
     if cpu is not None:
-        print(f'* CPU {describe_cpu(cpu)}', file=summary)
+        threads = f"{cpu['threads']} thread(s) (inference splits a batch across them by images)"
+        print(f'* CPU {describe_cpu(cpu)}; {threads}', file=summary)
         for note in dtype_notes(s.dtype, cpu):
             print(f'* note: {note}', file=summary)
     limits = {k: v for r in rows for k, v in (r.get('gemm_limits') or {}).items()}
