@@ -62,6 +62,12 @@ def cmd_convert(args) -> int:
 def cmd_train(args) -> int:
     from .config import config_from_args
     from .trainer import train
+    dtype = getattr(args, 'train_dtype', None)  # --dtype as in predict / eval / benchmark: the autocast dtype
+    if dtype is not None:
+        amp = 'bf16' if dtype == 'bf16' else 'none'
+        if getattr(args, 'amp', amp) != amp:
+            raise ConfigError(f'--dtype {dtype} and --amp {args.amp} disagree: give one of them')
+        args.amp = amp
     summary = train(config_from_args(args))
     if summary.get('interrupted'):
         print(f"* interrupted at epoch {summary['epoch'] + 1}; resume with: cvtlab train --output "
@@ -301,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('train', help='train or fine-tune (default: cvt_tiny on the embedded digits data)')
     p.add_argument('--recipe', help='named recipe (see `cvtlab recipes`) or a YAML file; default small-data')
     add_config_flags(p)
+    p.add_argument('--dtype', choices=['fp32', 'bf16'], dest='train_dtype',
+                   help='bf16: train in bf16 autocast over fp32 master weights (the same as --amp bf16)')
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser('recipes', help='list the training recipes, or print one')

@@ -440,3 +440,18 @@ def test_bf16_inference_agrees_with_fp32_on_the_trained_run(trained_run):
     assert len(x) == 360 and agree >= 0.99, agree
     with pytest.raises(cvtlab.CvtlabError, match='drop --no-fuse'):
         cvtlab.Classifier.from_pretrained(out, fuse=False, dtype='bf16')
+
+
+def test_train_dtype_bf16_is_bf16_autocast(monkeypatch):
+    """`train --dtype bf16`, as in predict / eval / benchmark: bf16 autocast over fp32 weights (`--amp bf16`)."""
+    import cvtlab.trainer
+    from cvtlab.cli import build_parser, cmd_train
+    seen = []
+    monkeypatch.setattr(cvtlab.trainer, 'train', lambda config: seen.append(config) or {'interrupted': True,
+                                                                                      'epoch': 0, 'output': '.'})
+    for argv, amp in ((['train', '--dtype', 'bf16'], 'bf16'), (['train', '--dtype', 'fp32'], 'none'),
+                      (['train', '--dtype', 'bf16', '--amp', 'bf16'], 'bf16')):
+        cmd_train(build_parser().parse_args(argv))
+        assert seen.pop().amp == amp
+    with pytest.raises(cvtlab.ConfigError, match='disagree'):
+        cmd_train(build_parser().parse_args(['train', '--dtype', 'fp32', '--amp', 'bf16']))
