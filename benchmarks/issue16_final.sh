@@ -13,7 +13,7 @@ py=.venv/bin/python
 # inference and its onnxruntime runner split a batch across the threads by images and hold up under load; HF's
 # and the training step's OpenMP threads stall whenever one core is taken, which would make those ratios measure the load
 export OMP_NUM_THREADS=${THREADS:-2}
-(uptime; lscpu | grep -E 'Model name|^CPU\(s\)|^Flags'; $py -c 'import torch, timm, onnxruntime; print("torch", torch.__version__, "timm", timm.__version__, "onnxruntime", onnxruntime.__version__)'; date -u) > $r/machine_$t.txt
+(uptime; lscpu | grep -E 'Model name|^CPU\(s\)|^Flags'; $py -c 'import torch, timm, onnxruntime; print("torch", torch.__version__, "timm", timm.__version__, "onnxruntime", onnxruntime.__version__)'; date -u) > $r/machine_${TAG:-issue16_final}.txt
 for spec in "cvt_13 8 224" "cvt_13 32 224" "cvt_13 8 384" "lg_tiny 8 224"; do
   set -- $spec
   .venv/bin/cvtlab benchmark $1 -b $2 --img-size $3 --no-train --no-latency --compare onnxruntime,onnxruntime-int8 \

@@ -62,8 +62,10 @@ def world_info(environ: Mapping[str, str]) -> Tuple[str, int, int, int]:
                 batch_tasks = environ[size]
                 continue
             try:
-                # MPI under SLURM's pmi2 sets no local rank of its own: SLURM's, else 0
-                local_rank = environ.get(local, environ.get('SLURM_LOCALID', 0))
+                # MPI under SLURM's pmi2 sets no local rank of its own: SLURM's when SLURM started this very
+                # task (its SLURM_PROCID is this rank; mpirun inside an sbatch script inherits the launcher's), else 0
+                slurm_local = environ.get('SLURM_LOCALID', 0) if environ.get('SLURM_PROCID') == environ[rank] else 0
+                local_rank = environ.get(local, slurm_local)
                 return launcher, int(environ[rank]), int(environ[size]), int(local_rank)
             except ValueError:
                 raise ConfigError(f'{launcher}: {rank}={environ[rank]!r} / {size}={environ[size]!r} are not '

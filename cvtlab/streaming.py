@@ -26,6 +26,7 @@ import contextlib
 import io
 import itertools
 import logging
+import os
 import random
 import re
 import tarfile
@@ -416,7 +417,12 @@ def _load_hf(name: str, hub_download: bool = False):
         with contextlib.nullcontext() if hub_download else _hub_offline():
             return datasets.load_dataset(name)
     except (FileNotFoundError, ValueError, OSError, ConnectionError) as e:  # the Hub's errors derive from these
-        where = 'on the Hub' if hub_download else 'in the HF cache (--hub-download fetches it)'
+        if not hub_download:
+            where = 'in the HF cache (--hub-download fetches it)'
+        elif os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'):
+            where = 'in the HF cache, and HF_HUB_OFFLINE is set, so --hub-download could not fetch it'
+        else:
+            where = 'on the Hub'
         raise DataError(f'hfds:{name}: no such folder, and no such data set {where} ({type(e).__name__}: '
                         f'{str(e).splitlines()[0][:160]})') from None
 

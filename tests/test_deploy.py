@@ -319,6 +319,7 @@ def test_gemm_attention_equals_sdpa_over_sample_groups(masked, monkeypatch):
     assert torch.allclose(attention.gemm_attention(q, k, v, mask, scale=0.3), ref, atol=1e-6)
     default_scale = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.allclose(attention.gemm_attention(q, k, v, mask), default_scale, atol=1e-6)
+    assert attention.gemm_attention(q[:0], k[:0], v[:0], mask).shape == (0, 3, 40, 16)  # as SDPA allows
 
 
 @pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
@@ -366,6 +367,31 @@ def test_sample_parallel_splits_the_batch_across_threads_and_changes_nothing(nam
         assert [n for _, n, _ in seen] == [5]
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(out, plain, atol=1e-6)
     hook.remove()
+
+
+def test_sample_parallel_keeps_thread_counts_autocast_and_even_shares(two_threads):
+    import threading
+    from cvtlab.deploy import parallel
+    from cvtlab.deploy.parallel import split_workers
+    assert [split_workers(b, 2) for b in (1, 2, 3, 4, 5)] == [1, 2, 1, 2, 2]  # 3 = 2 + 1: whole
+    assert split_workers(9, 8) == 1 and split_workers(16, 8) == 8 and split_workers(8, 1) == 1
+    model = small_model('cvt_tiny', {}).eval()
+    fused = fuse_for_inference(model)
+    parallel._forget_pool()  # fresh pool threads: each sets its own thread count on its first share
+    with torch.inference_mode():
+        fused(torch.randn(4, 3, 40, 40))
+    later = []  # ATen hands the last thread count set anywhere to threads started afterwards
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [2]
+    # autocast belongs to the caller's thread: a batch under it runs there, whole, in bf16
+    seen = []
+    hook = fused.model.register_forward_pre_hook(lambda mod, args: seen.append(torch.is_autocast_enabled('cpu')))
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        fused(torch.randn(4, 3, 40, 40))
+    hook.remove()
+    assert seen == [True]
 
 
 def test_sample_parallel_leaves_gradients_to_the_input_alone(two_threads):

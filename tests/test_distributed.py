@@ -109,6 +109,11 @@ def test_a_plain_run_in_an_sbatch_script_fails_fast_instead_of_waiting_for_peers
     assert distributed.world_info({**BATCH_STEP, **mpirun}) == ('openmpi', 5, 8, 1)
     assert distributed.world_info({**BATCH_STEP, 'SLURM_STEP_ID': '0', 'SLURM_PROCID': '1', **mpirun}) == \
         ('openmpi', 5, 8, 1)
+    # an MPI without a local rank of its own takes SLURM's only where SLURM started this very task (srun --mpi=pmi2)
+    pmi = dict(PMI_RANK='5', PMI_SIZE='8')
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_LOCALID': '3', **pmi}) == ('mpich', 5, 8, 0)
+    assert distributed.world_info({**BATCH_STEP, 'SLURM_STEP_ID': '0', 'SLURM_PROCID': '5', 'SLURM_LOCALID': '1',
+                                   **pmi}) == ('mpich', 5, 8, 1)
 
 
 def test_many_processes_without_a_rendezvous_address_is_a_clear_error():

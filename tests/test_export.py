@@ -202,7 +202,7 @@ def test_session_runner_splits_a_batch_by_samples_like_the_torch_path(tmp_path):
     from cvtlab.deploy.backends import SessionRunner, onnxruntime_session
     model = random_bn(timm.create_model('lg_nano', num_classes=5)).eval()
     export_onnx(model, tmp_path / 'm.onnx')
-    x = torch.randn(5, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -210,7 +210,7 @@ def test_session_runner_splits_a_batch_by_samples_like_the_torch_path(tmp_path):
         out, single = runner(x), runner(x[:1])
     finally:
         torch.set_num_threads(before)
-    assert sorted(runner._sessions) == [1, 2]  # the whole-batch session (2 threads) and the parts' (1 thread)
+    assert runner._one_thread is not None  # the shares ran on the one-thread session
     whole = onnxruntime_session(tmp_path / 'm.onnx').run(None, {'image': x.numpy()})[0]
     assert np.allclose(out.numpy(), whole, atol=1e-5) and np.allclose(single.numpy(), whole[:1], atol=1e-5)
     with torch.no_grad():

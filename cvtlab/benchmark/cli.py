@@ -91,8 +91,7 @@ def cmd_benchmark(args) -> int:
         _print_table(rows)
     summary = sys.stderr if args.json else sys.stdout  # --json keeps stdout machine-readable
     if cpu is not None:
-        threads = f"{cpu['threads']} thread(s) (inference splits a batch across them by images)"
-        print(f'* CPU {describe_cpu(cpu)}; {threads}', file=summary)
+        print(f"* CPU {describe_cpu(cpu)}; {cpu['threads']} thread(s)", file=summary)
         for note in dtype_notes(s.dtype, cpu):
             print(f'* note: {note}', file=summary)
     limits = {k: v for r in rows for k, v in (r.get('gemm_limits') or {}).items()}

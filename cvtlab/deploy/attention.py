@@ -4,19 +4,19 @@ Why: PyTorch's CPU SDPA (a flash kernel) is no faster in bf16 than in fp32 at th
 tiles are too small for oneDNN's bf16 GEMMs. Written out, softmax(q k^T + mask) v runs its two products
 as whole bf16 GEMMs, and over groups of samples whose score matrices stay in cache (CvT-13 stage 1: one
 image's 3136 x 784 scores are 4.9 MB) it ran 1.2-1.6x faster than SDPA per call, one thread, at CvT-13's
-and LG-Tiny's shapes (BENCHMARKS.md, issue 16). The softmax itself computes in fp32 (torch's CPU kernel
-widens bf16) and is rounded to bf16 for the second product, as any bf16 attention does. In fp32 SDPA
-measured as fast or faster at every shape, so fp32 models keep it.
+and LG-Tiny's shapes (BENCHMARKS.md, issue 16). The scores come out of the first GEMM in bf16; the softmax
+computes in fp32 from them (torch's CPU kernel widens bf16) and is rounded to bf16 for the second GEMM.
+SDPA keeps the scores in fp32, so this path rounds once more: top-1 agreement with fp32 on a trained model is
+tested (tests/test_train.py). In fp32, SDPA measured as fast or faster at every shape, so fp32 models keep it.
 
 `use_gemm_attention(model)` swaps CvT's `ConvAttention` and LG's `AttentionPath` for subclasses that differ
-only in the kernel (CvT's scale folded into `proj_q`). Parameter names are unchanged.
+only in the kernel. Parameter names are unchanged.
 """
 import torch
 import torch.nn as nn
 
 from ..models import cvt, lg
-from ..models.windows import (from_window_frame, merge_windows, split_windows, to_window_frame,
-                              window_bias_and_mask)
+from ..models.windows import merge_windows, split_windows, window_bias_and_mask
 
 __all__ = ['gemm_attention', 'use_gemm_attention']
 
@@ -30,12 +30,11 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
     two matmuls and a softmax over groups of samples (dim 0): q B h N D, k and v B h M D, an additive
     `attn_mask` broadcasting to 1 h N M -> B h N D."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    batch, per_sample = q.shape[0], q[0].numel() // q.shape[-1] * k.shape[-2] * q.element_size()
-    step = max(1, SCORES_BYTES // per_sample)
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
-    for s in range(0, batch, step):
-        qs = q[s:s + step] if scale == 1.0 else q[s:s + step] * scale  # on q: smaller than the scores
-        scores = torch.matmul(qs, k[s:s + step].transpose(-1, -2))  # b h N M
+    per_sample = q[0].numel() // q.shape[-1] * k.shape[-2] * q.element_size() if len(q) else 1  # h N M scores
+    step = max(1, SCORES_BYTES // per_sample)
+    for s in range(0, q.shape[0], step):
+        scores = torch.matmul(q[s:s + step] * scale, k[s:s + step].transpose(-1, -2))  # b h N M; q is the smaller
         if attn_mask is not None:
             scores += attn_mask
         torch.matmul(scores.softmax(-1), v[s:s + step], out=out[s:s + step])
@@ -43,42 +42,29 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
 
 
 class GemmConvAttention(cvt.ConvAttention):
-    """CvT's convolutional-projection attention with `gemm_attention`; q comes pre-scaled from `proj_q`."""
+    """CvT's convolutional-projection attention with `gemm_attention`."""
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         q, k, v = (cvt.split_heads(t, self.num_heads) for t in self.project(x, H, W))  # B h N D
-        x = gemm_attention(q, k, v, scale=1.0)
+        x = gemm_attention(q, k, v, scale=self.scale)
         return self.proj(x.transpose(1, 2).flatten(2))  # B h N D -> B N (h D)
-
-    @classmethod
-    @torch.no_grad()
-    def from_attention(cls, attn: cvt.ConvAttention) -> 'GemmConvAttention':
-        fast = cls.__new__(cls)
-        fast.__dict__.update(attn.__dict__)  # the same submodules and parameters, under the same names
-        fast.proj_q.weight.mul_(attn.scale)  # (s W) x + s b = s (W x + b): the scale costs nothing
-        if fast.proj_q.bias is not None:
-            fast.proj_q.bias.mul_(attn.scale)
-        fast.scale = 1.0
-        return fast
 
 
 class GemmAttentionPath(lg.AttentionPath):
     """One LG path whose window attention runs as `gemm_attention` (the same windows, bias and mask)."""
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[1:3]
-        qkv = self.qkv(to_window_frame(x, self.window_size, self.shift))  # B Hp Wp 3C
+    def window_msa(self, qkv: torch.Tensor, h: int, w: int) -> torch.Tensor:
         q, k, v = split_windows(qkv, self.num_heads, self.window_size)  # B (nW h) N D
         mask = window_bias_and_mask(self.rel_pos_bias(), h, w, qkv.shape[1], qkv.shape[2], self.window_size,
                                     self.shift, q.dtype)
-        x = merge_windows(gemm_attention(q, k, v, mask), qkv.shape[1], qkv.shape[2], self.window_size)
-        return self.proj(from_window_frame(x, h, w, self.shift))
+        return merge_windows(gemm_attention(q, k, v, mask), qkv.shape[1], qkv.shape[2], self.window_size)
 
-    @classmethod
-    def from_path(cls, path: lg.AttentionPath) -> 'GemmAttentionPath':
-        fast = cls.__new__(cls)
-        fast.__dict__.update(path.__dict__)
-        return fast
+
+def _swapped(module: nn.Module, cls: type) -> nn.Module:
+    """`module` as an instance of its subclass `cls`, holding the same submodules and parameters."""
+    fast = cls.__new__(cls)
+    fast.__dict__.update(module.__dict__)
+    return fast
 
 
 def use_gemm_attention(model: nn.Module) -> nn.Module:
@@ -86,7 +72,7 @@ def use_gemm_attention(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is cvt.ConvAttention:
-                setattr(parent, name, GemmConvAttention.from_attention(child))
+                setattr(parent, name, _swapped(child, GemmConvAttention))
             elif type(child) is lg.AttentionPath:
-                setattr(parent, name, GemmAttentionPath.from_path(child))
+                setattr(parent, name, _swapped(child, GemmAttentionPath))
     return model

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .parallel import sample_parallel, worker_count
+from . import parallel
 from .wrapper import Wrapper
 
 __all__ = ['BACKENDS', 'OnnxRuntimeModel', 'OnnxFileModel', 'SessionRunner', 'choose_backend']
@@ -39,29 +39,24 @@ def onnxruntime_session(path, threads: int = 0):
 class SessionRunner:
     """An exported graph in onnxruntime, called on B 3 H W fp32 tensors, returning fp32 logits.
 
-    Like the torch path (`SampleGroups`), a batch of two or more is split across torch's thread count by
-    samples (`parallel.sample_parallel`), each part on a session with `threads // workers` intra-op threads
-    (made on first use); a single image runs on one session with all of them. `session` is that one."""
+    Like the torch path (`SampleGroups`), a batch that shares out evenly over torch's thread count is split
+    by samples (`parallel.sample_parallel`), each share on a one-thread session (made on first use); other
+    batches run on `session`, with all the threads."""
 
     def __init__(self, path):
-        self.graph = path if isinstance(path, bytes) else str(path)
+        graph = path if isinstance(path, bytes) else str(path)
         self.threads = torch.get_num_threads()
-        self._sessions = {}
-        self._lock = threading.Lock()
-        self.session = self._session(self.threads)
-
-    def _session(self, threads: int):
-        with self._lock:
-            if threads not in self._sessions:
-                self._sessions[threads] = onnxruntime_session(self.graph, threads)
-            return self._sessions[threads]
+        self.session = onnxruntime_session(graph, self.threads)
+        self._graph, self._one_thread, self._lock = graph, None, threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        workers = worker_count(x.shape[0], self.threads)
-        if workers == 1:
+        if parallel.split_workers(x.shape[0], self.threads) == 1:
             return self._run(self.session, x)
-        part_session = self._session(max(1, self.threads // workers))
-        return sample_parallel(lambda part: self._run(part_session, part), x, self.threads)
+        with self._lock:
+            if self._one_thread is None:
+                self._one_thread = onnxruntime_session(self._graph, 1)
+        one_thread = self._one_thread
+        return parallel.sample_parallel(lambda part: self._run(one_thread, part), x, self.threads)
 
     @staticmethod
     def _run(session, x: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from timm.layers import Mlp
 
 from ..models import cvt, lg
-from . import blocks
+from . import blocks, parallel
 from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
-from .parallel import sample_parallel
 from .wrapper import Wrapper
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
@@ -69,9 +68,9 @@ class InferenceBlock(nn.Module):
 class SampleGroups(Wrapper):
     """`model` (eval only) run over groups of samples whose first-stage map (the output of the stem conv
     of one image) fits `CHUNK_BYTES_FEATURES`: every stage's maps of a few images stay in cache where a
-    whole batch's would not. With `sample_parallel` (the default) a CPU batch of two or more samples is also
-    split across the threads by samples, each part on its own worker (`parallel.py`). Attributes not found
-    here are looked up on `model`."""
+    whole batch's would not. With `sample_parallel` (the default) a CPU batch is also split across the threads
+    by samples, each share on a one-thread worker, when it shares out evenly (`parallel.py`). Attributes not
+    found here are looked up on `model`."""
 
     def __init__(self, model: nn.Module, stem: nn.Conv2d, dtype: torch.dtype = torch.float32,
                  sample_parallel: bool = True):
@@ -91,9 +90,11 @@ class SampleGroups(Wrapper):
         def in_groups(part: torch.Tensor) -> torch.Tensor:
             return samplewise_chunked(fn, part, self._first_map_bytes(part), blocks.CHUNK_BYTES_FEATURES)
 
-        if not self.sample_parallel or blocks.runs_whole(x) or torch.compiler.is_compiling():
+        # autocast, like grad mode, is the caller thread's own: under it the batch runs whole, in that thread
+        if (not self.sample_parallel or blocks.runs_whole(x) or torch.compiler.is_compiling()
+                or torch.is_autocast_enabled('cpu')):
             return in_groups(x)
-        return sample_parallel(in_groups, x, torch.get_num_threads())
+        return parallel.sample_parallel(in_groups, x, torch.get_num_threads())
 
     def _first_map_bytes(self, x: torch.Tensor) -> int:
         (sh, sw), (H, W) = self.stem_stride, x.shape[-2:]
@@ -198,7 +199,7 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     if dtype == torch.bfloat16 and not bf16_supported():
         _logger.warning('this CPU has no bf16 instructions (avx512_bf16 / AMX): keeping fp32, which is faster here')
         dtype = torch.float32
-    if dtype == torch.bfloat16:  # before packing: CvT's attention scale folds into proj_q's weights
+    if dtype == torch.bfloat16:
         use_gemm_attention(model)
     if linear_kernel == 'auto':
         linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)

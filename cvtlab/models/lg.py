@@ -137,9 +137,13 @@ class AttentionPath(nn.Module):
         # pad and shift before qkv (C wide, not 3C: both commute with a per-token Linear); padded tokens are
         # masked out of every real token's attention, so what qkv makes of them never matters
         qkv = self.qkv(to_window_frame(x, self.window_size, self.shift))
-        x = attend_in_windows(qkv, h, w, self.num_heads, self.window_size, self.shift, self.rel_pos_bias(),
-                              self.attn_drop if self.training else 0.0)
+        x = self.window_msa(qkv, h, w)
         return self.proj(from_window_frame(x, h, w, self.shift))
+
+    def window_msa(self, qkv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Multi-head attention inside each window of a B Hp Wp 3C map in the window frame: B Hp Wp C."""
+        return attend_in_windows(qkv, h, w, self.num_heads, self.window_size, self.shift, self.rel_pos_bias(),
+                                 self.attn_drop if self.training else 0.0)
 
 
 class LocalToGlobalAttention(nn.Module):
