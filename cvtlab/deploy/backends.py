@@ -5,7 +5,6 @@ import json
 import logging
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Tuple
@@ -40,23 +39,20 @@ class SessionRunner:
     """An exported graph in onnxruntime, called on B 3 H W fp32 tensors, returning fp32 logits.
 
     Like the torch path (`SampleGroups`), a batch that shares out evenly over torch's thread count is split
-    by samples (`parallel.sample_parallel`), each share on a one-thread session (made on first use); other
-    batches run on `session`, with all the threads."""
+    by samples (`parallel.sample_parallel`), each share on a one-thread session; other batches run on
+    `session`, with all the threads. With two or more threads both sessions are made here (each holds the
+    weights), so the graph's file may go once this returns."""
 
     def __init__(self, path):
         graph = path if isinstance(path, bytes) else str(path)
         self.threads = torch.get_num_threads()
         self.session = onnxruntime_session(graph, self.threads)
-        self._graph, self._one_thread, self._lock = graph, None, threading.Lock()
+        self._one_thread = onnxruntime_session(graph, 1) if self.threads > 1 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if parallel.split_workers(x.shape[0], self.threads) == 1:
+        if self._one_thread is None or parallel.split_workers(x.shape[0], self.threads) == 1:
             return self._run(self.session, x)
-        with self._lock:
-            if self._one_thread is None:
-                self._one_thread = onnxruntime_session(self._graph, 1)
-        one_thread = self._one_thread
-        return parallel.sample_parallel(lambda part: self._run(one_thread, part), x, self.threads)
+        return parallel.sample_parallel(lambda part: self._run(self._one_thread, part), x, self.threads)
 
     @staticmethod
     def _run(session, x: torch.Tensor) -> torch.Tensor:
