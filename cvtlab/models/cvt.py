@@ -389,6 +389,7 @@ class CvTConfig:
     depths: Tuple[int, ...]
     num_heads: Tuple[int, ...]
     drop_path_rate: Tuple[float, ...]
+    kv_stride: int = 2  # the paper's squeezed keys and values (Sec. 3.2)
 
 
 CVT_VARIANTS = {
@@ -401,6 +402,13 @@ CVT_VARIANTS = {
     # cvtlab's own small variant for small images (digits, CIFAR): 32 px -> 8x8, 4x4, 2x2 token maps
     'cvt_tiny': CvTConfig(embed_dims=(32, 64, 128), depths=(1, 2, 2), num_heads=(1, 2, 4),
                           drop_path_rate=(0.0, 0.0, 0.05)),
+    # the default for small images since issue 19: cvt_tiny with keys and values at stride 1. At 32 px its
+    # maps are 8x8, 4x4 and 2x2, and stride-2 keys / values kept 4x4, 2x2 and 1x1 of them (plus the cls
+    # token): the squeeze that saves compute at 224 px threw away most of what a small image holds. Its
+    # tensors are cvt_tiny's, so bare weights cannot tell the two apart: a model folder's config.json names
+    # it, and `cvtlab convert --model cvt_tiny_kv1` builds on it
+    'cvt_tiny_kv1': CvTConfig(embed_dims=(32, 64, 128), depths=(1, 2, 2), num_heads=(1, 2, 4),
+                              drop_path_rate=(0.0, 0.0, 0.05), kv_stride=1),
 }
 
 # What the paper reports (Table 2/3; "FLOPs" there are MACs), shown beside our own counts by `cvtlab models`.
@@ -437,6 +445,8 @@ default_cfgs = generate_default_cfgs({
     # no released weights: a from-scratch model for small images
     'cvt_tiny': {**_cfg('', res=32), 'hf_hub_id': None, 'crop_pct': 1.0, 'crop_mode': 'center',
                  'paper_name': None, 'notes': ('cvtlab variant, not in the paper',)},
+    'cvt_tiny_kv1': {**_cfg('', res=32), 'hf_hub_id': None, 'crop_pct': 1.0, 'crop_mode': 'center',
+                     'paper_name': None, 'notes': ('cvtlab variant, not in the paper',)},
 })
 
 
@@ -473,6 +483,16 @@ def cvt_21(pretrained: bool = False, **kwargs) -> CvT:
 def cvt_tiny(pretrained: bool = False, **kwargs) -> CvT:
     """cvtlab's small CvT for 32 px images (not in the paper): 0.75M params with 1000 classes, 5 MMACs at 32 px."""
     return _create_cvt('cvt_tiny', pretrained, **kwargs)
+
+
+@register_model
+def cvt_tiny_kv1(pretrained: bool = False, **kwargs) -> CvT:
+    """cvtlab's default for small images (not in the paper): cvt_tiny with keys and values at stride 1.
+
+    0.75M params with 1000 classes (the same tensors as cvt_tiny), 5.8 MMACs at 32 px; 1.05 GMACs at 224 (full
+    attention over 56x56 tokens: for small images only).
+    """
+    return _create_cvt('cvt_tiny_kv1', pretrained, **kwargs)
 
 
 @register_model
