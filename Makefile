@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps animal-mnist  # data only; its code would pull in TensorFlow
 	touch $@ $(VENV)/.installed
 
-# The main job on the embedded default: train cvt_tiny_kv1 on scikit-learn's digits, evaluate, predict.
+# The main job on the embedded default: train cvt_tiny_stem on scikit-learn's digits, evaluate, predict.
 DEMO := runs/demo
 demo: $(VENV)/.installed
 	$(BIN)/cvtlab models

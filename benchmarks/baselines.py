@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from offline_datasets import LOADERS, export_folder  # noqa: E402
 
-MODELS = ['cvt_tiny_kv1', 'cvt_tiny', 'lg_nano', 'resnet18', 'vit_tiny_patch16_224', 'plain_cnn']
+MODELS = ['cvt_tiny_stem', 'cvt_tiny_kv1', 'cvt_tiny', 'lg_nano', 'resnet18', 'vit_tiny_patch16_224', 'plain_cnn']
 DATASETS = ['digits', 'mnist5k', 'animals10k']
 
 

@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     from .config import add_config_flags
-    p = sub.add_parser('train', help='train or fine-tune (default: cvt_tiny_kv1 on the embedded digits data)')
+    p = sub.add_parser('train', help='train or fine-tune (default: cvt_tiny_stem on the embedded digits data)')
     p.add_argument('--recipe', help='named recipe (see `cvtlab recipes`) or a YAML file; default small-data')
     add_config_flags(p)
     p.add_argument('--dtype', choices=['fp32', 'bf16'], dest='train_dtype',

@@ -20,7 +20,7 @@ DEFAULT_RECIPE = 'small-data'
 @dataclass
 class TrainConfig:
     # --- model and data
-    model: str = field(default='cvt_tiny_kv1', metadata=dict(help='timm model name, or arch.tag weights'))
+    model: str = field(default='cvt_tiny_stem', metadata=dict(help='timm model name, or arch.tag weights'))
     pretrained: bool = field(default=False, metadata=dict(help='start from the weights of the model cfg'))
     init_checkpoint: Optional[str] = field(default=None, metadata=dict(help='start from this checkpoint (any layout)'))
     data: str = field(default='digits', metadata=dict(

@@ -29,6 +29,7 @@ SMALL = {
     'cvt_w24': (dict(embed_dims=(24, 48, 64), depths=(2, 1, 2), num_heads=(1, 2, 4)), (64, 96)),
     'cvt_tiny': ({}, (32, 48)),
     'cvt_tiny_kv1': ({}, (32, 48)),
+    'cvt_tiny_stem': ({}, (32, 48)),
     # LG-T / LG-S keep their rates, window 7 and 224 px design size (so which paths shift); >= 32 px inputs
     'lg_tiny': (dict(embed_dims=(16, 32, 48, 64), depths=(2, 1, 1, 1), num_heads=(1, 2, 3, 4)), (64, 96)),
     'lg_small': (dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4)), (64, 96)),

@@ -46,7 +46,7 @@ def test_registered_with_timm_and_weight_tags():
     assert tags == {'cvt_13.ms_in1k', 'cvt_13.ms_in1k_384', 'cvt_13.ms_in22k_ft_in1k_384',
                     'cvt_21.ms_in1k', 'cvt_21.ms_in1k_384', 'cvt_21.ms_in22k_ft_in1k_384',
                     'cvt_w24.ms_in22k_ft_in1k_384'}
-    assert cvtlab.list_models('cvt_*') == ['cvt_13', 'cvt_21', 'cvt_tiny', 'cvt_tiny_kv1', 'cvt_w24']
+    assert cvtlab.list_models('cvt_*') == ['cvt_13', 'cvt_21', 'cvt_tiny', 'cvt_tiny_kv1', 'cvt_tiny_stem', 'cvt_w24']
 
 
 @pytest.mark.parametrize('tag', ['cvt_13.ms_in1k', 'cvt_21.ms_in1k_384', 'cvt_13.ms_in22k_ft_in1k_384',

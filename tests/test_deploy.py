@@ -21,6 +21,7 @@ SMALL = [
     ('cvt_w24', dict(embed_dims=(24, 48, 64), depths=(1, 1, 2), num_heads=(1, 2, 4)), 64),
     ('cvt_tiny', {}, 48),
     ('cvt_tiny_kv1', {}, 48),
+    ('cvt_tiny_stem', {}, 48),
     ('lg_tiny', dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4)), 72),
     ('lg_small', dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 3, 1), num_heads=(1, 2, 3, 4)), 64),
     ('lg_nano', {}, 40),

@@ -21,6 +21,7 @@ SMALL = {
     'cvt_13': dict(embed_dims=(16, 32, 48), depths=(1, 1, 2), num_heads=(1, 2, 3)),
     'cvt_tiny': {},
     'cvt_tiny_kv1': {},  # keys and values at stride 1
+    'cvt_tiny_stem': {},  # and a conv stem with BatchNorm
     'lg_tiny': dict(embed_dims=(32, 64, 96, 128), depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4)),
     'lg_nano': {},
 }

@@ -302,7 +302,7 @@ def test_recipes_load_and_scale_lr_explicitly():
     assert in1k.mixup == 0.8 and in1k.cutmix == 1.0 and in1k.auto_augment == 'rand-m9-mstd0.5-inc1'
     ft = make_config('finetune')
     assert ft.opt == 'sgd' and ft.momentum == 0.9 and ft.pretrained and ft.img_size == 384
-    assert make_config().model == 'cvt_tiny_kv1' and make_config().data == 'digits'
+    assert make_config().model == 'cvt_tiny_stem' and make_config().data == 'digits'
     assert make_config(epochs=7).epochs == 7
     with pytest.raises(ConfigError, match='unexpected keyword|got an unexpected'):
         make_config(epoch=7)

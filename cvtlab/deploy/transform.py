@@ -102,9 +102,10 @@ class SampleGroups(Wrapper):
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Every CvT `ConvProjection` (depth-wise conv -> BatchNorm) as one conv with a bias, in place."""
+    """Every CvT `ConvProjection` (depth-wise conv -> BatchNorm) and `ConvStem` (conv -> BatchNorm -> GELU) with
+    the BatchNorm folded into the conv's weights and bias, in place."""
     for m in module.modules():
-        if isinstance(m, cvt.ConvProjection) and isinstance(m.bn, nn.BatchNorm2d):
+        if isinstance(m, (cvt.ConvProjection, cvt.ConvStem)) and isinstance(m.bn, nn.BatchNorm2d):
             m.conv = fuse_conv_bn_eval(m.conv.eval(), m.bn.eval())
             m.bn = nn.Identity()
     return module
