@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data import DataSplit, ImageDataset, _local_samples, _stratified_split, check_same_classes, load_image, \

@@ -207,12 +207,26 @@ def test_session_runner_splits_a_batch_by_samples_like_the_torch_path(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    calls = []  # (session, batch size) of every run
+
+    class Recorded:
+        def __init__(self, name, session):
+            self.name, self.session = name, session
+
+        def run(self, outputs, feeds):
+            calls.append((self.name, len(feeds['image'])))
+            return self.session.run(outputs, feeds)
+
     try:
         runner = SessionRunner(tmp_path / 'm.onnx')
-        out, single = runner(x), runner(x[:1])
+        runner.session, runner._one_thread = Recorded('whole', runner.session), Recorded('share', runner._one_thread)
+        out = runner(x)
+        assert sorted(calls) == [('share', 2), ('share', 2)]  # two shares of 2 images, one per thread
+        calls.clear()
+        single = runner(x[:1])
+        assert calls == [('whole', 1)]  # one image: the session with every thread
     finally:
         torch.set_num_threads(before)
-    assert runner._one_thread is not None  # the shares ran on the one-thread session
     whole = onnxruntime_session(tmp_path / 'm.onnx').run(None, {'image': x.numpy()})[0]
     assert np.allclose(out.numpy(), whole, atol=1e-5) and np.allclose(single.numpy(), whole[:1], atol=1e-5)
     with torch.no_grad():

@@ -54,7 +54,7 @@ def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
 class ConvStem(nn.Module):
     """Not in the paper (cvtlab's small-image variants): a 3x3 conv + BN + GELU at full resolution in front of
     the first token embedding. On 28-32 px images the 7x7 stride-4 embedding then reads local features, not raw
-    pixels: +1.3-4.3 points after 3 epochs on small real data sets (BENCHMARKS.md, issue 19)."""
+    pixels: +1.4 to +5.3 points after 3 epochs on three small real data sets (BENCHMARKS.md, issue 19)."""
 
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
