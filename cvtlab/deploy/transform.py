@@ -10,7 +10,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
   CPU a batch split across the threads by samples (`parallel.py`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
   weights, an MLP's activation fused into its first Linear (`kernels.py`);
-- in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`).
+- in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
+- on CPU, glibc's malloc keeping freed memory for the next call instead of fresh pages (`memory.py`).
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
 import copy
@@ -27,6 +28,7 @@ from . import blocks, parallel
 from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
+from .memory import retain_freed_memory
 from .wrapper import Wrapper
 
 __all__ = ['fuse_for_inference', 'InferenceBlock', 'SampleGroups']
@@ -185,6 +187,9 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     `dtype=torch.bfloat16` (cvtlab's families): bf16 weights and activations, LayerNorm in fp32, inputs cast
     and logits returned in fp32; outputs then differ from fp32 by bf16 rounding (~1e-2), not 1e-5. On a CPU
     without bf16 instructions (avx512_bf16 / AMX) it warns and keeps fp32, which is faster there.
+
+    On CPU it also tunes glibc's malloc, process-wide and once, to keep freed memory for the next call
+    (`memory.retain_freed_memory`: fewer page faults; CVTLAB_RETAIN_MEMORY=0 opts out).
     """
     if linear_kernel not in ('auto', 'onednn', 'torch'):
         raise ValueError(f"linear_kernel must be 'auto', 'onednn' or 'torch', not {linear_kernel!r}")
@@ -211,6 +216,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     if dtype == torch.bfloat16:
         to_bf16(model)
     model.requires_grad_(False)  # inference only: calls without torch.no_grad() take the fast paths too
+    if next(model.parameters()).device.type == 'cpu':
+        retain_freed_memory()  # process-wide, once; CVTLAB_RETAIN_MEMORY=0 leaves malloc as it is
     return SampleGroups(model, _stem(model), dtype).eval()
 
 
