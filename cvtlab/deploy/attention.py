@@ -9,14 +9,13 @@ computes in fp32 from them (torch's CPU kernel widens bf16) and is rounded to bf
 SDPA keeps the scores in fp32, so this path rounds once more: top-1 agreement with fp32 on a trained model is
 tested (tests/test_train.py). In fp32, SDPA measured as fast or faster at every shape, so fp32 models keep it.
 
-`use_gemm_attention(model)` swaps CvT's `ConvAttention` and LG's `AttentionPath` for subclasses that differ
-only in the kernel. Parameter names are unchanged.
+`use_gemm_attention(model)` swaps CvT's `ConvAttention` for a subclass that differs only in the kernel (LG's
+paths take it through `lg_windows.WindowFirstPath`). Parameter names are unchanged.
 """
 import torch
 import torch.nn as nn
 
-from ..models import cvt, lg
-from ..models.windows import merge_windows, split_windows, window_bias_and_mask
+from ..models import cvt
 
 __all__ = ['gemm_attention', 'use_gemm_attention']
 
@@ -28,15 +27,15 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
                    scale: float = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale)` for inference (no dropout), as
     two matmuls and a softmax over groups of samples (dim 0): q B h N D, k and v B h M D, an additive
-    `attn_mask` broadcasting to 1 h N M -> B h N D."""
+    `attn_mask` of 1 h N M or B h N M -> B h N D."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
     per_sample = q[0].numel() // q.shape[-1] * k.shape[-2] * q.element_size() if len(q) else 1  # h N M scores
     step = max(1, SCORES_BYTES // per_sample)
     for s in range(0, q.shape[0], step):
         scores = torch.matmul(q[s:s + step] * scale, k[s:s + step].transpose(-1, -2))  # b h N M; q is the smaller
-        if attn_mask is not None:
-            scores += attn_mask
+        if attn_mask is not None:  # one mask for all samples, or one per sample
+            scores += attn_mask if attn_mask.shape[0] == 1 else attn_mask[s:s + step]
         torch.matmul(scores.softmax(-1), v[s:s + step], out=out[s:s + step])
     return out
 
@@ -50,16 +49,6 @@ class GemmConvAttention(cvt.ConvAttention):
         return self.proj(x.transpose(1, 2).flatten(2))  # B h N D -> B N (h D)
 
 
-class GemmAttentionPath(lg.AttentionPath):
-    """One LG path whose window attention runs as `gemm_attention` (the same windows, bias and mask)."""
-
-    def window_msa(self, qkv: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        q, k, v = split_windows(qkv, self.num_heads, self.window_size)  # B (nW h) N D
-        mask = window_bias_and_mask(self.rel_pos_bias(), h, w, qkv.shape[1], qkv.shape[2], self.window_size,
-                                    self.shift, q.dtype)
-        return merge_windows(gemm_attention(q, k, v, mask), qkv.shape[1], qkv.shape[2], self.window_size)
-
-
 def _swapped(module: nn.Module, cls: type) -> nn.Module:
     """`module` as an instance of its subclass `cls`, holding the same submodules and parameters."""
     fast = cls.__new__(cls)
@@ -68,11 +57,10 @@ def _swapped(module: nn.Module, cls: type) -> nn.Module:
 
 
 def use_gemm_attention(model: nn.Module) -> nn.Module:
-    """Every CvT `ConvAttention` and LG `AttentionPath` of an eval `model` with `gemm_attention`, in place."""
+    """Every CvT `ConvAttention` of an eval `model` with `gemm_attention`, in place (LG's paths:
+    `lg_windows.use_window_first_paths(model, gemm=True)`)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is cvt.ConvAttention:
                 setattr(parent, name, _swapped(child, GemmConvAttention))
-            elif type(child) is lg.AttentionPath:
-                setattr(parent, name, _swapped(child, GemmAttentionPath))
     return model

@@ -10,6 +10,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
   CPU a batch split across the threads by samples (`parallel.py`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
   weights, an MLP's activation fused into its first Linear (`kernels.py`);
+- LG's window attention on windows cut from the C-wide map before qkv, not from the 3C-wide qkv map
+  (`lg_windows.py`);
 - in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
 - on CPU, glibc's malloc keeping freed memory for the next call instead of fresh pages (`memory.py`).
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
@@ -28,6 +30,7 @@ from . import blocks, parallel
 from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
 from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
+from .lg_windows import use_window_first_paths
 from .memory import retain_freed_memory
 from .wrapper import Wrapper
 
@@ -207,6 +210,7 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
         dtype = torch.float32
     if dtype == torch.bfloat16:
         use_gemm_attention(model)
+    use_window_first_paths(model, gemm=dtype == torch.bfloat16)
     if linear_kernel == 'auto':
         linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)
     if linear_kernel == 'onednn':
