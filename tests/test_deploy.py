@@ -487,3 +487,20 @@ def test_retain_freed_memory_can_be_turned_off(monkeypatch):
         assert memory.retain_freed_memory() is False
     finally:
         memory.retain_freed_memory.cache_clear()
+
+
+@pytest.mark.parametrize('h,w,shift', [(14, 14, 0), (14, 14, 3), (11, 16, 3), (5, 9, 0)])
+def test_window_order_is_the_window_frame(h, w, shift):
+    """The gather of `window_order` equals padding, rolling and cutting windows (`windows.to_window_frame`),
+    at every real token; its scatter takes every token back."""
+    from cvtlab.deploy.lg_windows import window_order
+    from cvtlab.models.windows import to_window_frame
+    M = 7
+    x = torch.randn(1, h, w, 4)
+    gather, scatter, Hp, Wp = window_order(h, w, M, shift)
+    frame = to_window_frame(x, M, shift)  # 1 Hp Wp C, padding 0
+    expected = frame.view(Hp // M, M, Wp // M, M, 4).transpose(1, 2).reshape(-1, 4)  # window slots
+    got = x.reshape(h * w, 4)[gather]
+    real = torch.tensor([bool(r.abs().sum()) for r in expected])  # padding slots are 0 in the frame
+    assert torch.equal(got[real], expected[real])
+    assert torch.equal(got[scatter], x.reshape(h * w, 4))
