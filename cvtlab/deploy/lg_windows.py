@@ -6,7 +6,7 @@ concatenations), runs qkv, then cuts the 3C-wide result into windows and heads w
 LG-Tiny stage-1 call at batch 4 in 7 ms, at 2 GB/s: its innermost run is one head's 32 floats. Here one
 gather of C-wide rows (`window_order`) pads, rolls and cuts the windows at once; the per-token Linears (qkv,
 proj) run on window-ordered tokens; q, k and v are strided views of qkv's output that attention reads in
-place (SDPA's CPU kernel, and `attention.gemm_attention` in bf16, take any strides); SDPA's output is laid
+place (SDPA's CPU kernel takes any strides); SDPA's output is laid
 out token-major, so proj reads it without a copy; and one more gather puts the tokens back, unrolled and
 cropped. LG-Tiny at batch 8 on two threads: 1.05x over both steps (BENCHMARKS.md). The same function
 (tests: 1e-5 against the model), the same parameters.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..models import lg
 from ..models.windows import window_bias_and_mask
-from .attention import _swapped, gemm_attention
+from .attention import _swapped
 from .blocks import runs_whole
 
 __all__ = ['WindowFirstPath', 'use_window_first_paths', 'window_order']
@@ -45,10 +45,8 @@ def window_order(h: int, w: int, window_size: int, shift: int, device: torch.dev
 
 
 class WindowFirstPath(lg.AttentionPath):
-    """One LG path whose window attention starts from windows of the C-wide map (module docstring).
-    `gemm=True` runs the attention as `gemm_attention` (the bf16 path)."""
-
-    gemm = False
+    """One LG path whose window attention starts from windows of the C-wide map (module docstring). In bf16
+    too the attention is SDPA's: at LG's 49-token windows it measured 1.04x `attention.gemm_attention`."""
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         if runs_whole(x) or torch.compiler.is_compiling():  # traced or compiled graphs keep the model's own steps
@@ -83,19 +81,16 @@ class WindowFirstPath(lg.AttentionPath):
 
     def _attend_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention, then proj, in some windows: q, k, v (b nW) h N D -> (b nW) N C."""
-        if self.gemm:
-            x = gemm_attention(q, k, v, mask)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # laid out (b nW) N h D
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # laid out (b nW) N h D
         return self.proj(x.transpose(1, 2).flatten(2))  # (b nW) N C: flatten is a view of SDPA's layout
 
 
-def use_window_first_paths(model: torch.nn.Module, gemm: bool = False) -> torch.nn.Module:
+def use_window_first_paths(model: torch.nn.Module) -> torch.nn.Module:
     """Every LG `AttentionPath` of an eval `model` as a `WindowFirstPath`, in place."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is lg.AttentionPath:
                 fast = _swapped(child, WindowFirstPath)
-                fast.gemm, fast.window_orders = gemm, {}
+                fast.window_orders = {}
                 setattr(parent, name, fast)
     return model

@@ -12,7 +12,7 @@ is computed, never what it computes (outputs equal the original eval model's wit
   weights, an MLP's activation fused into its first Linear (`kernels.py`);
 - LG's window attention on windows cut from the C-wide map before qkv, not from the 3C-wide qkv map
   (`lg_windows.py`);
-- in bf16, attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
+- in bf16, CvT's attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
 - on CPU, glibc's malloc keeping freed memory for the next call instead of fresh pages (`memory.py`).
 Parameter and buffer names stay those of the model, under `model.` (BN folded: `conv.bias`, no `bn.*`).
 """
@@ -210,7 +210,7 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
         dtype = torch.float32
     if dtype == torch.bfloat16:
         use_gemm_attention(model)
-    use_window_first_paths(model, gemm=dtype == torch.bfloat16)
+    use_window_first_paths(model)
     if linear_kernel == 'auto':
         linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)
     if linear_kernel == 'onednn':
