@@ -286,6 +286,23 @@ def test_linear_kernel_choice(kernel):
         fuse_for_inference(model, linear_kernel='mkl')
 
 
+def test_linear_kernel_probe_runs_on_the_threads_that_will_run_the_linears(two_threads, monkeypatch):
+    """With two threads a batch is split into one-thread workers, so the kernel probe times one thread; it
+    leaves the caller's thread count as it was."""
+    from cvtlab.deploy import kernels, transform
+    seen = []
+
+    def probe(threads, dtype):
+        seen.append(threads)
+        return kernels.fastest_linear_kernel.__wrapped__(threads, dtype)
+    monkeypatch.setattr(transform, 'fastest_linear_kernel', probe)
+    inside = []
+    linear = F.linear
+    monkeypatch.setattr(kernels.F, 'linear', lambda *a: inside.append(torch.get_num_threads()) or linear(*a))
+    fuse_for_inference(small_model('cvt_tiny', {}).eval())
+    assert seen == [1] and set(inside) == {1} and torch.get_num_threads() == 2
+
+
 @pytest.mark.parametrize('name', ['cvt_tiny', 'lg_nano'])
 def test_bf16_transform_keeps_layernorm_in_fp32_and_says_when_it_cannot(name, monkeypatch, caplog):
     import cvtlab.deploy.transform as transform

@@ -30,8 +30,8 @@ def onednn_supports(dtype: torch.dtype) -> bool:
 @functools.lru_cache(maxsize=None)
 def fastest_linear_kernel(threads: int = 0, dtype: torch.dtype = torch.float32) -> str:
     """'onednn' or 'torch': which of oneDNN (packed weights) and `F.linear` runs a `dtype` 1576 x 384 -> 1536
-    Linear (a CvT-13 MLP at batch 8) faster here, median of a few calls each, taking turns. `threads` only
-    keys the cache (the answer may change with the thread count)."""
+    Linear (a CvT-13 MLP at batch 8) faster here on `threads` threads (0: the current count), median of a
+    few calls each, taking turns."""
     if not onednn_supports(dtype):
         return 'torch'
     g = torch.Generator().manual_seed(0)
@@ -41,12 +41,17 @@ def fastest_linear_kernel(threads: int = 0, dtype: torch.dtype = torch.float32) 
     calls = {'torch': lambda: F.linear(x, w, b),
              'onednn': lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, 'none', [], '')}
     times = {k: [] for k in calls}
-    with torch.inference_mode():
-        for _ in range(7):
-            for k, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - start)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        with torch.inference_mode():
+            for _ in range(7):
+                for k, fn in calls.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
     return min(times, key=lambda k: statistics.median(times[k][1:]))
 
 

@@ -212,7 +212,10 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
         use_gemm_attention(model)
     use_window_first_paths(model)
     if linear_kernel == 'auto':
-        linear_kernel = fastest_linear_kernel(torch.get_num_threads(), dtype)
+        # timed on the threads that will run the Linears: a batch split across the threads runs them on
+        # one-thread workers (`parallel.py`)
+        threads = torch.get_num_threads()
+        linear_kernel = fastest_linear_kernel(1 if threads >= 2 else threads, dtype)
     if linear_kernel == 'onednn':
         if not onednn_supports(dtype):
             raise ValueError(f"linear_kernel='onednn': this torch has no oneDNN {dtype} GEMM")
