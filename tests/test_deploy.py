@@ -493,9 +493,11 @@ def test_retained_memory_stops_fresh_pages_on_every_call():
     assert retained < 500, retained
 
 
-def test_retain_freed_memory_can_be_turned_off(monkeypatch):
+@pytest.mark.skipif(not (sys.platform == 'linux' and platform.libc_ver()[0] == 'glibc'), reason='glibc only')
+@pytest.mark.parametrize('value', ['0', 'off'])
+def test_retain_freed_memory_can_be_turned_off(monkeypatch, value):
     from cvtlab.deploy import memory
-    monkeypatch.setenv('CVTLAB_RETAIN_MEMORY', '0')
+    monkeypatch.setenv('CVTLAB_RETAIN_MEMORY', value)
     memory.retain_freed_memory.cache_clear()
     try:
         assert memory.retain_freed_memory() is False
@@ -517,4 +519,27 @@ def test_window_order_is_the_window_frame(h, w, shift):
     got = x.reshape(h * w, 4)[gather]
     real = torch.tensor([bool(r.abs().sum()) for r in expected])  # padding slots are 0 in the frame
     assert torch.equal(got[real], expected[real])
-    assert torch.equal(got[scatter], x.reshape(h * w, 4))
+    assert torch.equal(got[scatter], x.reshape(h * w, 4)) and real[scatter].all()  # back from real slots only
+    windows_of = torch.arange(len(gather)) // (M * M)  # padding slots hold a token of their own window
+    assert torch.equal(windows_of[scatter[gather]], windows_of)
+
+
+def test_window_first_path_under_autocast_and_in_training():
+    """A shifted, padded path called on an fp32 map under bf16 autocast returns what the model's path returns
+    (dtype included); in training it runs the model's own steps (attention dropout)."""
+    from cvtlab.deploy.lg_windows import WindowFirstPath, use_window_first_paths
+    from cvtlab.models import lg
+    torch.manual_seed(0)
+    path = lg.AttentionPath(16, 2, 4, rate=1, shift=2, adaptive=False, qkv_bias=True, attn_drop=0.5).eval()
+    fast = use_window_first_paths(nn.Sequential(copy.deepcopy(path)))[0]
+    assert isinstance(fast, WindowFirstPath)
+    x = torch.randn(2, 6, 7, 16)  # 6 x 7: padded to 8 x 8, shifted by 2
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        ref, got = path(x), fast(x)
+    assert got.dtype == ref.dtype and torch.allclose(got.float(), ref.float(), atol=2e-2)
+    fast.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        dropped = fast(x)
+        torch.manual_seed(1)
+        assert torch.equal(dropped, path.train()(x))  # the same dropout draws: the model's own steps ran

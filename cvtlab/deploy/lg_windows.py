@@ -20,26 +20,33 @@ from .blocks import runs_whole
 
 __all__ = ['WindowFirstPath', 'use_window_first_paths', 'window_order']
 
+# sizes whose window order a path keeps (indices of a few KiB each)
+MAX_WINDOW_ORDERS = 16
+
 
 def window_order(h: int, w: int, window_size: int, shift: int, device: torch.device = None):
     """Where each token goes when an h x w map is padded to multiples of M, rolled by -shift and cut into
     M x M windows (`to_window_frame`, then windows in raster order, each window's N = M^2 tokens in a row).
 
-    Returns `gather` (nW N): for every window slot, the index of the map token (row-major h w) it holds,
-    0 for padding (any token: padding is masked out of real tokens' attention); `scatter` (h w): the window
-    slot of every map token; and the padded sides Hp, Wp.
+    Returns `gather` (nW N): for every window slot, the index of the map token (row-major h w) it holds;
+    a padding slot holds a real token of its own window (padding is masked out of real tokens' attention,
+    so which one never matters, and a non-finite token stays inside its window, as with the model's zeros);
+    `scatter` (h w): the window slot of every map token; and the padded sides Hp, Wp.
     """
     M = window_size
     Hp, Wp = -(-h // M) * M, -(-w // M) * M
     rows = (torch.arange(Hp, device=device) + shift) % Hp  # window-frame row r holds padded row (r + shift) % Hp
     cols = (torch.arange(Wp, device=device) + shift) % Wp
     real = (rows < h)[:, None] & (cols < w)[None, :]  # Hp Wp
-    source = torch.where(real, rows[:, None] * w + cols[None, :], 0)  # Hp Wp, in the window frame
+    source = rows[:, None] * w + cols[None, :]  # Hp Wp, in the window frame (meaningless where not real)
     # (nh M) (nw M) -> (nh nw) (M M): window slots in order
-    gather = source.view(Hp // M, M, Wp // M, M).transpose(1, 2).reshape(-1)
-    real_slots = real.view(Hp // M, M, Wp // M, M).transpose(1, 2).reshape(-1)
+    source = source.view(Hp // M, M, Wp // M, M).transpose(1, 2).reshape(-1, M * M)
+    real = real.view(Hp // M, M, Wp // M, M).transpose(1, 2).reshape(-1, M * M)
+    first_real = source.gather(1, real.int().argmax(1, keepdim=True))  # nW 1: every window has a real token
+    gather = torch.where(real, source, first_real).reshape(-1)
+    real = real.reshape(-1)
     scatter = torch.empty(h * w, dtype=torch.long, device=device)
-    scatter[gather[real_slots]] = torch.arange(gather.numel(), device=device)[real_slots]
+    scatter[gather[real]] = torch.arange(gather.numel(), device=device)[real]
     return gather, scatter, Hp, Wp
 
 
@@ -48,7 +55,8 @@ class WindowFirstPath(lg.AttentionPath):
     too the attention is SDPA's: at LG's 49-token windows it measured 1.04x `attention.gemm_attention`."""
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        if runs_whole(x) or torch.compiler.is_compiling():  # traced or compiled graphs keep the model's own steps
+        # traced or compiled graphs keep the model's own steps, as does training (attention dropout)
+        if runs_whole(x) or torch.compiler.is_compiling() or self.training:
             return super().attend(x)
         B, h, w, C = x.shape
         gather, scatter, Hp, Wp = self._window_order(h, w, x.device)
@@ -65,16 +73,19 @@ class WindowFirstPath(lg.AttentionPath):
         # windows differ in their masks: the bias and mask of one image's windows, image by image
         mask = window_bias_and_mask(self.rel_pos_bias(), h, w, Hp, Wp, self.window_size, self.shift,
                                     q.dtype).view(nW, heads, N, N)
-        out = x.new_empty(B, h * w, C)
+        out = None
         for b in range(B):
             part = slice(b * nW, (b + 1) * nW)
             windows = self._attend_windows(q[part], k[part], v[part], mask).view(nW * N, C)
+            out = windows.new_empty(B, h * w, C) if out is None else out  # proj's dtype (autocast may change it)
             torch.index_select(windows, 0, scatter, out=out[b])
         return out.view(B, h, w, C)
 
     def _window_order(self, h: int, w: int, device: torch.device):
         key = (h, w, device)
-        if key not in self.window_orders:  # a few sizes per path: indices of a few KiB each
+        if key not in self.window_orders:
+            if len(self.window_orders) >= MAX_WINDOW_ORDERS:  # inputs of ever new sizes: start again
+                self.window_orders.clear()
             self.window_orders[key] = window_order(h, w, self.window_size, self.shift, device)
         return self.window_orders[key]
 

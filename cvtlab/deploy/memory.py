@@ -10,8 +10,8 @@ With the threshold raised, the freed heap stays with the process and the next ca
 `retain_freed_memory()` sets glibc's mmap threshold to 32 MiB (the largest it adapts to by itself) and its
 trim threshold to `TRIM_THRESHOLD`: the process keeps up to that much freed memory for reuse (its resident
 size stays near the peak of a forward pass). It is process-wide and done once; `fuse_for_inference` calls it
-unless the environment sets CVTLAB_RETAIN_MEMORY=0. Elsewhere than glibc (macOS, Windows, musl) it does
-nothing.
+for cvtlab's models on CPU unless the environment sets CVTLAB_RETAIN_MEMORY=0 (or false / no / off).
+Elsewhere than glibc (macOS, Windows, musl) it does nothing.
 """
 import ctypes
 import functools
@@ -33,7 +33,7 @@ TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top is handed back only be
 def retain_freed_memory() -> bool:
     """Tune glibc's malloc to keep freed memory for reuse (module docstring). True if it was tuned (now or
     earlier in this process); False where the C library is not glibc or CVTLAB_RETAIN_MEMORY=0."""
-    if os.environ.get('CVTLAB_RETAIN_MEMORY', '1') == '0':
+    if os.environ.get('CVTLAB_RETAIN_MEMORY', '1').strip().lower() in ('0', 'false', 'no', 'off'):
         return False
     if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
         return False

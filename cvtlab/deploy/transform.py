@@ -191,8 +191,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     and logits returned in fp32; outputs then differ from fp32 by bf16 rounding (~1e-2), not 1e-5. On a CPU
     without bf16 instructions (avx512_bf16 / AMX) it warns and keeps fp32, which is faster there.
 
-    On CPU it also tunes glibc's malloc, process-wide and once, to keep freed memory for the next call
-    (`memory.retain_freed_memory`: fewer page faults; CVTLAB_RETAIN_MEMORY=0 opts out).
+    For cvtlab's families on CPU it also tunes glibc's malloc, process-wide and once, to keep freed memory for
+    the next call (`memory.retain_freed_memory`: fewer page faults; CVTLAB_RETAIN_MEMORY=0 opts out).
     """
     if linear_kernel not in ('auto', 'onednn', 'torch'):
         raise ValueError(f"linear_kernel must be 'auto', 'onednn' or 'torch', not {linear_kernel!r}")
@@ -223,7 +223,7 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
     if dtype == torch.bfloat16:
         to_bf16(model)
     model.requires_grad_(False)  # inference only: calls without torch.no_grad() take the fast paths too
-    if next(model.parameters()).device.type == 'cpu':
+    if _stem(model).weight.device.type == 'cpu':
         retain_freed_memory()  # process-wide, once; CVTLAB_RETAIN_MEMORY=0 leaves malloc as it is
     return SampleGroups(model, _stem(model), dtype).eval()
 
