@@ -248,6 +248,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(workdir):
     stop.set()
     for t in threads:
         t.join(90)
+    # a connection made after the signal may be reset rather than refused (in the listening backlog when the
+    # server stopped accepting): it was never accepted, so it counts as refused; before the signal it is a drop
+    outcomes = [('refused', None, o[2]) if isinstance(o[0], str) and o[2] > signalled[0] else o for o in outcomes]
     answered = [o for o in outcomes if o[0] != 'refused']
     assert code == 0
     assert all(o[0] == 200 and o[1] in LABELS for o in answered), [o for o in answered if o[0] != 200][:5]

@@ -3,6 +3,7 @@
     from cvtlab.serve import load_for_serving, create_app
     app = create_app(*load_for_serving('runs/mine'))        # any ASGI server can run it
 """
+import asyncio
 import contextlib
 import signal
 import socket
@@ -16,6 +17,9 @@ from ..errors import ConfigError
 from .app import create_app
 from .batcher import DynamicBatcher, QueueFull
 from .inputs import BadInput, Limits
+
+# after a stop signal: how long accepted connections get for their requests to be read before idle ones close
+SHUTDOWN_READ_S = 0.2
 
 __all__ = ['create_app', 'load_for_serving', 'serve', 'DynamicBatcher', 'QueueFull', 'BadInput', 'Limits']
 
@@ -89,4 +93,13 @@ def _graceful_server(config):
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+        async def shutdown(self, sockets=None):
+            # Stop accepting, then give the event loop a moment to read what accepted connections already
+            # sent: uvicorn closes a connection whose request it has not started reading as idle, which
+            # dropped a request sent just before the signal on a loaded machine (seen in the suite under xdist)
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(SHUTDOWN_READ_S)
+            await super().shutdown(sockets=sockets)
     return Server(config)
