@@ -359,16 +359,6 @@ def test_gemm_attention_swap_computes_the_same_model():
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
 
 
-def test_gemm_attention_takes_one_mask_per_sample(monkeypatch):
-    import cvtlab.deploy.attention as attention
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(5, 2, 9, 8, generator=g) for _ in range(3))
-    mask = torch.randn(5, 2, 9, 9, generator=g)  # another mask for every sample
-    monkeypatch.setattr(attention, 'SCORES_BYTES', 2 * 2 * 9 * 9 * 4)  # groups of 2 samples
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.allclose(attention.gemm_attention(q, k, v, mask), ref, atol=1e-6)
-
-
 @pytest.mark.parametrize('size', [(56, 56), (44, 60)])  # windows that fit; padded and shifted windows
 def test_window_first_paths_compute_the_same_attention(size):
     """LG's inference paths cut windows before qkv: the same outputs (1e-5), every path swapped, the

@@ -28,15 +28,15 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
                    scale: float = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale)` for inference (no dropout), as
     two matmuls and a softmax over groups of samples (dim 0): q B h N D, k and v B h M D, an additive
-    `attn_mask` of 1 h N M or B h N M -> B h N D."""
+    `attn_mask` broadcasting to 1 h N M -> B h N D."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = q.new_empty(*q.shape[:-1], v.shape[-1])
     per_sample = q[0].numel() // q.shape[-1] * k.shape[-2] * q.element_size() if len(q) else 1  # h N M scores
     step = max(1, SCORES_BYTES // per_sample)
     for s in range(0, q.shape[0], step):
         scores = torch.matmul(q[s:s + step] * scale, k[s:s + step].transpose(-1, -2))  # b h N M; q is the smaller
-        if attn_mask is not None:  # one mask for all samples, or one per sample
-            scores += attn_mask if attn_mask.shape[0] == 1 else attn_mask[s:s + step]
+        if attn_mask is not None:
+            scores += attn_mask
         torch.matmul(scores.softmax(-1), v[s:s + step], out=out[s:s + step])
     return out
 
