@@ -1,0 +1,64 @@
+"""Whether onnxruntime's spinning pool threads disturb the step timed after them in `cvtlab benchmark
+--compare onnxruntime`: the run made with onnxruntime's default (its pool threads spin-wait after each run)
+against the run as cvtlab makes it (the GEMM probe's session does not spin), in alternating processes.
+
+Every step takes turns with the others (ours, onnxruntime on the export, the GEMM probes); ours comes right
+after the onnxruntime GEMM probe, whose two pool threads kept spinning into it.
+
+Usage: .venv/bin/python benchmarks/ort_probe_spin.py [--model lg_tiny] [--batch-size 8] [--rounds 2]
+           [--json FILE]
+Threads: torch's default (set OMP_NUM_THREADS to change it).
+"""
+import argparse
+import json
+import subprocess
+import sys
+
+ROW_KEYS = ('infer_samples_per_sec', 'infer_vs_onnxruntime', 'infer_limit_fraction')
+
+
+def one_run(model: str, batch_size: int, spin: bool) -> dict:
+    """`cvtlab benchmark MODEL --compare onnxruntime` in this process; with `spin`, every onnxruntime
+    session made here spin-waits (onnxruntime's default)."""
+    import onnxruntime as ort
+    from cvtlab.benchmark import BenchSettings, compare_peers
+    if spin:
+        class Spinning(ort.SessionOptions):
+            def add_session_config_entry(self, key, value):
+                if key != 'session.intra_op.allow_spinning':
+                    super().add_session_config_entry(key, value)
+        ort.SessionOptions = Spinning
+    settings = BenchSettings(batch_size=batch_size, train=False, latency=False, memory=False, repeats=6)
+    ours, theirs = compare_peers(model, ['onnxruntime'], settings)
+    return {'ours': {k: ours.get(k) for k in ROW_KEYS},
+            'onnxruntime_img_s': theirs['infer_samples_per_sec']}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--model', default='lg_tiny')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--rounds', type=int, default=2)
+    p.add_argument('--json', help='write the results here')
+    p.add_argument('--child', choices=['spin', 'quiet'], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(one_run(args.model, args.batch_size, args.child == 'spin')))
+        return
+    results = {'spin': [], 'quiet': []}
+    for _ in range(args.rounds):
+        for mode in results:
+            out = subprocess.run([sys.executable, __file__, '--model', args.model, '--batch-size',
+                                  str(args.batch_size), '--child', mode], check=True, capture_output=True, text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results[mode].append(row)
+            print(f"{mode:5s}: cvtlab {row['ours']['infer_samples_per_sec']:.2f} img/s, onnxruntime "
+                  f"{row['onnxruntime_img_s']:.2f}, cvtlab / onnxruntime {row['ours']['infer_vs_onnxruntime']:.3f}",
+                  flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(model=args.model, batch_size=args.batch_size, **results), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
