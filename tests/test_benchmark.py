@@ -160,6 +160,42 @@ def test_gemm_probes_compute_the_product_through_each_library():
     assert list(gemm_probes(torch.float16, n=8, calls=1)) == [next(iter(gemm_probes(torch.float16, n=8, calls=1)))]
 
 
+def test_onnxruntime_probe_sessions_do_not_spin_into_the_next_step(monkeypatch):
+    # onnxruntime's pool threads spin ~40 ms after a run by default: the probe's session must not, or the step
+    # timed after it (cvtlab's model, taking turns) loses a core for that long
+    import onnxruntime as ort
+    from cvtlab.benchmark.limits import gemm_probes, int8_gemm_probes
+    made = []
+
+    class Recording(ort.InferenceSession):
+        def __init__(self, model, options=None, **kwargs):
+            made.append(options)
+            super().__init__(model, options, **kwargs)
+    monkeypatch.setattr(ort, 'InferenceSession', Recording)
+    gemm_probes(torch.float32, n=16, calls=1)
+    int8_gemm_probes(n=16, calls=1)
+    assert len(made) >= 2
+    assert all(o.get_session_config_entry('session.intra_op.allow_spinning') == '0' for o in made)
+
+
+def test_time_interleaved_lets_each_step_start_on_idle_threads():
+    from cvtlab.benchmark.measure import time_interleaved
+    import time
+    marks = []
+
+    def step(name):
+        marks.append((name, time.perf_counter()))
+        time.sleep(0.002)
+        marks.append((name, time.perf_counter()))
+    times = time_interleaved({'a': lambda: step('a'), 'b': lambda: step('b')}, warmup=0, repeats=3,
+                             device=torch.device('cpu'), settle_s=0.03)
+    assert [len(t) for t in times.values()] == [3, 3]
+    starts, ends = marks[0::2], marks[1::2]
+    assert [n for n, _ in starts] == ['a', 'b'] * 3  # taking turns
+    gaps = [start - end for (_, end), (_, start) in zip(ends, starts[1:])]
+    assert min(gaps) >= 0.03  # each timed call waited for the one before to settle
+    assert all(t < 0.03 for ts in times.values() for t in ts)  # ... outside its own time
+
 def test_fraction_of_the_limit_is_against_the_best_library():
     r = benchmark_model('cvt_tiny', BenchSettings(batch_size=2, train=True, latency=False, memory=False, repeats=1))
     limits = r['gemm_limits']

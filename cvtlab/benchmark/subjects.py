@@ -13,7 +13,7 @@ from ..deploy import compile_for_inference, fuse_for_inference
 from ..deploy.backends import choose_backend
 from ..errors import ConfigError
 from .limits import Probe, gemm_probes
-from .measure import create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
+from .measure import SETTLE_S, create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -124,7 +124,9 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
     x = _input(s, s.batch_size, img_size)
     steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
     probes = {**gemm_probes(DTYPES[s.dtype], s.device), **(extra_probes or {})} if probe else {}
-    times = time_interleaved({**steps, **{k: step for k, (step, _) in probes.items()}}, s.warmup, s.repeats, device)
+    settle = SETTLE_S if device.type == 'cpu' else 0.0  # no subject's spinning threads in the next one's time
+    times = time_interleaved({**steps, **{k: step for k, (step, _) in probes.items()}}, s.warmup, s.repeats, device,
+                             settle)
     limits = {k: gflop / statistics.median(times.pop(k)) for k, (_, gflop) in probes.items()}
     for label, t in times.items():
         rows[label].update(infer_step_time=1e3 * statistics.median(t),
@@ -132,14 +134,14 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
     if s.latency:
         one = _input(s, 1, img_size)
         ones = {sub.label: _infer_step(sub, one, s) for sub in subjects}
-        for label, t in time_interleaved(ones, s.warmup, s.latency_repeats, device).items():
+        for label, t in time_interleaved(ones, s.warmup, s.latency_repeats, device, settle).items():
             rows[label]['infer_latency_ms'], rows[label]['infer_latency_p90_ms'] = latency(t)
     if s.memory:
         for label, step in steps.items():
             rows[label]['infer_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
     if s.train and all(sub.train is not None for sub in subjects):
         train_steps = {sub.label: _train_step(sub, x, s) for sub in subjects}
-        for label, t in time_interleaved(train_steps, s.warmup, s.repeats, device).items():
+        for label, t in time_interleaved(train_steps, s.warmup, s.repeats, device, settle).items():
             rows[label].update(train_batch_size=s.batch_size, train_img_size=list(img_size),
                                train_step_time=1e3 * statistics.median(t),
                                train_samples_per_sec=s.batch_size / statistics.median(t))

@@ -104,7 +104,13 @@ class OnnxFileModel(nn.Module):
         return self.runner(x)
 
 
+# before each block of timed calls: onnxruntime's pool threads spin ~40 ms after a run, and would otherwise
+# take a core from the torch calls timed right after it (BENCHMARKS.md, issue 16)
+SETTLE_S = 0.1
+
+
 def _median_time(fn, x: torch.Tensor, calls: int) -> float:
+    time.sleep(SETTLE_S)
     times = []
     with torch.inference_mode():
         for _ in range(calls):
