@@ -6,11 +6,12 @@ version's `fuse_for_inference`: the checked-out one for every family; an earlier
 (`compile_for_inference` without `fuse=`) for CvT models only, LG models as they are, in eval mode, as it
 was used then. `--train` times one forward + backward instead; `--compile` compiles both (static shapes;
 inference through each version's own `compile_for_inference`, or, for versions before it, `FrozenCompiled`
-of the whole model). `--compare-hf` (CvT models) adds HF transformers' CvT with the same weights as a third
+of the whole model). `--bf16` fuses both in bf16 (`fuse_for_inference(dtype=torch.bfloat16)`; earlier versions
+that have that argument). `--compare-hf` (CvT models) adds HF transformers' CvT with the same weights as a third
 subject in the same interleaving, so both versions' ratios against HF come from one run.
 
 Usage: .venv/bin/python benchmarks/vs_commit.py COMMIT [--model cvt_13] [--batch-size 32] [--img-size 224]
-           [--repeats 8] [--train] [--compile] [--compare-hf] [--json FILE]
+           [--repeats 8] [--train] [--compile] [--bf16] [--compare-hf] [--json FILE]
 """
 import argparse
 import importlib
@@ -74,6 +75,7 @@ def main():
     p.add_argument('--repeats', type=int, default=8)
     p.add_argument('--train', action='store_true', help='time forward + backward instead of inference')
     p.add_argument('--compile', action='store_true', help='torch.compile both (inference: each version\'s compile_for_inference)')
+    p.add_argument('--bf16', action='store_true', help='inference: both fused in bf16')
     p.add_argument('--compare-hf', action='store_true', help='also time HF transformers\' CvT, same weights')
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
@@ -103,6 +105,11 @@ def main():
         prepared = old_fuse(earlier) if fuse_earlier else earlier.eval()
         models = {'current': cvtlab.compile_for_inference(current),
                   args.commit: getattr(old_pkg, 'compile_for_inference', frozen_whole)(prepared)}
+    elif args.bf16:
+        if not fuse_earlier or 'dtype' not in inspect.signature(old_fuse).parameters:
+            raise SystemExit(f'{args.commit} has no bf16 inference transform')
+        models = {'current': cvtlab.fuse_for_inference(current, dtype=torch.bfloat16),
+                  args.commit: old_fuse(earlier, dtype=torch.bfloat16)}
     else:
         models = {'current': cvtlab.fuse_for_inference(current),
                   args.commit: old_fuse(earlier) if fuse_earlier else earlier.eval()}
@@ -127,13 +134,14 @@ def main():
                              repeats=args.repeats, device=torch.device('cpu'))
     med = {k: statistics.median(t) for k, t in times.items()}
     result = dict(model=args.model, commit=args.commit, mode='train' if args.train else 'inference', compiled=args.compile,
+                  dtype='bf16' if args.bf16 else 'fp32',
                   batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats,
                   threads=torch.get_num_threads(), torch=torch.__version__,
                   img_per_sec={k: args.batch_size / t for k, t in med.items()},
                   speedup=med[args.commit] / med['current'], max_abs_diff=diff)
     if hf is not None:  # HF keeps its exact GELU (the official weights use QuickGELU): logits differ by ~0.03
         result.update(current_vs_hf=med['hf'] / med['current'], earlier_vs_hf=med['hf'] / med[args.commit])
-    print(f"{args.model} {result['mode']}{' compiled' if args.compile else ''}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
+    print(f"{args.model} {result['mode']}{' compiled' if args.compile else ''} {result['dtype']}, batch {args.batch_size}, {args.img_size} px, {result['threads']} threads: "
           f"current {result['img_per_sec']['current']:.2f} img/s, {args.commit} "
           f"{result['img_per_sec'][args.commit]:.2f} img/s, x{result['speedup']:.3f}, max|diff| {diff:.1e}"
           + (f"; vs HF: current x{result['current_vs_hf']:.3f}, {args.commit} x{result['earlier_vs_hf']:.3f}"
