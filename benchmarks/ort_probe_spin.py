@@ -1,11 +1,11 @@
 """Whether onnxruntime's spinning pool threads disturb the step timed after them in `cvtlab benchmark
 --compare onnxruntime`: runs made as before (every onnxruntime session spin-waits after a run, its default,
 and each timed call follows the previous one at once) against runs as cvtlab makes them now (the GEMM
-probe's session does not spin, and each timed call starts `SETTLE_S` after the previous one), in alternating
-processes.
+probe's session does not spin, and each timed call starts `deploy.backends.SETTLE_S` after the previous
+one), in alternating processes. (Before `d54237a` the second kind had only the first change.)
 
 Every step takes turns with the others (ours, onnxruntime on the export, the GEMM probes); ours came right
-after the onnxruntime GEMM probe, whose two pool threads kept spinning into it; at batch 1 (`--latency`) ours
+after the onnxruntime GEMM probe, whose pool thread kept spinning into it; at batch 1 (`--latency`) ours
 comes right after onnxruntime's own two-thread session.
 
 Usage: .venv/bin/python benchmarks/ort_probe_spin.py [--model lg_tiny] [--batch-size 8] [--rounds 2]
@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 
-ROW_KEYS = ('infer_samples_per_sec', 'infer_vs_onnxruntime', 'infer_limit_fraction', 'infer_latency_ms')
+ROW_KEYS = ('infer_samples_per_sec', 'infer_vs_onnxruntime', 'infer_limit_fraction', 'infer_latency_ms', 'gemm_limits')
 
 
 def one_run(model: str, batch_size: int, spin: bool, with_latency: bool) -> dict:
@@ -26,7 +26,7 @@ def one_run(model: str, batch_size: int, spin: bool, with_latency: bool) -> dict
     import onnxruntime as ort
     from cvtlab.benchmark import BenchSettings, compare_peers, subjects
     if spin:
-        subjects.SETTLE_S = 0.0
+        subjects.SETTLE_S = 0.0  # the name `measure_subjects` reads the pause from
         class Spinning(ort.SessionOptions):
             def add_session_config_entry(self, key, value):
                 if key != 'session.intra_op.allow_spinning':
@@ -39,7 +39,7 @@ def one_run(model: str, batch_size: int, spin: bool, with_latency: bool) -> dict
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description='onnxruntime spinning into the next timed step: before and after')
     p.add_argument('--model', default='lg_tiny')
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--rounds', type=int, default=2)
@@ -53,8 +53,11 @@ def main():
     results = {'spin': [], 'quiet': []}
     for _ in range(args.rounds):
         for mode in results:
-            out = subprocess.run([sys.executable, __file__, '--model', args.model, '--batch-size',
-                                  str(args.batch_size), '--child', mode] + ['--latency'] * args.latency, check=True, capture_output=True, text=True)
+            command = [sys.executable, __file__, '--model', args.model, '--batch-size', str(args.batch_size),
+                       '--child', mode] + (['--latency'] if args.latency else [])
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f'{mode} run failed:\n{out.stderr}')
             row = json.loads(out.stdout.strip().splitlines()[-1])
             results[mode].append(row)
             print(f"{mode:5s}: cvtlab {row['ours']['infer_samples_per_sec']:.2f} img/s, onnxruntime "

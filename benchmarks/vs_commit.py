@@ -79,6 +79,8 @@ def main():
     p.add_argument('--compare-hf', action='store_true', help='also time HF transformers\' CvT, same weights')
     p.add_argument('--json', help='also write the result here')
     args = p.parse_args()
+    if args.bf16 and (args.train or args.compile):
+        p.error('--bf16 times fused inference only: drop --train / --compile')
 
     torch.manual_seed(0)
     # before the old package takes over the registry names; as the HF twin, no stochastic depth with HF

@@ -178,23 +178,36 @@ def test_onnxruntime_probe_sessions_do_not_spin_into_the_next_step(monkeypatch):
     assert all(o.get_session_config_entry('session.intra_op.allow_spinning') == '0' for o in made)
 
 
-def test_time_interleaved_lets_each_step_start_on_idle_threads():
-    from cvtlab.benchmark.measure import time_interleaved
-    import time
-    marks = []
+def test_time_interleaved_lets_each_step_start_on_idle_threads(monkeypatch):
+    # a fake clock: sleeping advances it, a step takes exactly 1 ms of it
+    import cvtlab.benchmark.measure as measure
+    clock = {'now': 0.0}
+    events = []
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock['now']
+
+        @staticmethod
+        def sleep(seconds):
+            events.append(('sleep', seconds))
+            clock['now'] += seconds
+    monkeypatch.setattr(measure, 'time', FakeTime)
 
     def step(name):
-        marks.append((name, time.perf_counter()))
-        time.sleep(0.002)
-        marks.append((name, time.perf_counter()))
-    times = time_interleaved({'a': lambda: step('a'), 'b': lambda: step('b')}, warmup=0, repeats=3,
-                             device=torch.device('cpu'), settle_s=0.03)
-    assert [len(t) for t in times.values()] == [3, 3]
-    starts, ends = marks[0::2], marks[1::2]
-    assert [n for n, _ in starts] == ['a', 'b'] * 3  # taking turns
-    gaps = [start - end for (_, end), (_, start) in zip(ends, starts[1:])]
-    assert min(gaps) >= 0.03  # each timed call waited for the one before to settle
-    assert all(t < 0.03 for ts in times.values() for t in ts)  # ... outside its own time
+        events.append(('run', name))
+        clock['now'] += 0.001
+    times = measure.time_interleaved({'a': lambda: step('a'), 'b': lambda: step('b')}, warmup=1, repeats=3,
+                                     device=torch.device('cpu'), settle_s=0.1)
+    assert events[:2] == [('run', 'a'), ('run', 'b')]  # warm-up: no pauses
+    # then every timed call after a pause, taking turns
+    assert events[2:] == [e for _ in range(3) for name in 'ab' for e in (('sleep', 0.1), ('run', name))]
+    assert times == {'a': [pytest.approx(0.001)] * 3, 'b': [pytest.approx(0.001)] * 3}  # pauses outside the times
+    events.clear()
+    measure.time_interleaved({'a': lambda: step('a')}, warmup=0, repeats=2, device=torch.device('cpu'))
+    assert events == [('run', 'a')] * 2  # no pause unless asked
+
 
 def test_fraction_of_the_limit_is_against_the_best_library():
     r = benchmark_model('cvt_tiny', BenchSettings(batch_size=2, train=True, latency=False, memory=False, repeats=1))

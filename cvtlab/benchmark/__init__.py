@@ -14,6 +14,9 @@ Timing rules, because the machines this runs on are small and shared:
   interleaved with the models' inference steps (so they see the same contention, where a probe taken once
   before the run drifts with the neighbours' load): "fraction of the limit" (the best of them) and of
   torch.matmul's rate need no other number;
+- on CPU each timed call starts `deploy.backends.SETTLE_S` (0.1 s) after the one before ended: threads a
+  step leaves spinning (onnxruntime's for ~40 ms after a run, by default) would otherwise take a core from
+  the next step (BENCHMARKS.md, issue 16), and the GEMM probes' onnxruntime sessions do not spin at all;
 - CPU memory is the growth of the process RSS during one step (sampled every 0.5 ms, after handing
   freed heap back with `malloc_trim`); on CUDA it is `max_memory_allocated` above the step's start.
 """

@@ -76,9 +76,9 @@ def _onnxruntime_gemm(op: str, x, w, out_type: int, calls: int) -> Probe:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch's kernels
-    # no spin-waiting after a run: onnxruntime's pool threads otherwise keep the cores busy for a while,
-    # and the step timed next (taking turns) ran 3-5% slower for it (BENCHMARKS.md, issue 16). One op
-    # per run: no wake-ups between ops, so the probe's own rate is unchanged
+    # no spin-waiting after a run: onnxruntime's pool thread otherwise keeps a core busy for ~40 ms, and the
+    # step timed next (taking turns) ran 4-7% slower for it (BENCHMARKS.md, issue 16). One op per run: no
+    # wake-ups between ops to pay for
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
     feed = {'x': x}

@@ -17,9 +17,6 @@ import torch.nn as nn
 from ..flops import count_macs
 
 PROBE = 'matmul probe'
-# CPU runs with subjects of different libraries: the pause before each timed call (`time_interleaved`), past the
-# ~40 ms onnxruntime's pool threads spin after a run (measured on the 2-core AMD EPYC of BENCHMARKS.md)
-SETTLE_S = 0.1
 
 _PAGE = 4096
 try:
@@ -37,8 +34,9 @@ def _sync(device: torch.device):
 def time_interleaved(steps: Dict[str, Callable[[], object]], warmup: int, repeats: int,
                      device: torch.device, settle_s: float = 0.0) -> Dict[str, List[float]]:
     """Seconds per call of each step, the steps taking turns (A B A B ...) so drift hits them alike. With
-    `settle_s`, each timed call starts that long after the one before it ended: threads a step leaves
-    spin-waiting (onnxruntime's pool spins ~40 ms after a run) are idle again when the next step starts."""
+    `settle_s` (CPU runs of `cvtlab benchmark`: `deploy.backends.SETTLE_S`), each timed call starts that long
+    after the one before it ended: threads a step leaves spin-waiting (onnxruntime's pool thread for ~40 ms
+    after a run, OpenMP's briefly) are idle again when the next step starts."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()

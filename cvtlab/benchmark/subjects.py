@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 
 from ..deploy import compile_for_inference, fuse_for_inference
-from ..deploy.backends import choose_backend
+from ..deploy.backends import SETTLE_S, choose_backend
 from ..errors import ConfigError
 from .limits import Probe, gemm_probes
-from .measure import SETTLE_S, create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
+from .measure import create_at_size, default_img_size, gmacs, latency, peak_memory, time_interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -124,7 +124,8 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
     x = _input(s, s.batch_size, img_size)
     steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
     probes = {**gemm_probes(DTYPES[s.dtype], s.device), **(extra_probes or {})} if probe else {}
-    settle = SETTLE_S if device.type == 'cpu' else 0.0  # no subject's spinning threads in the next one's time
+    # on CPU every timed call starts on idle cores: no step's spinning threads in the next one's time
+    settle = SETTLE_S if device.type == 'cpu' else 0.0
     times = time_interleaved({**steps, **{k: step for k, (step, _) in probes.items()}}, s.warmup, s.repeats, device,
                              settle)
     limits = {k: gflop / statistics.median(times.pop(k)) for k, (_, gflop) in probes.items()}

@@ -104,13 +104,14 @@ class OnnxFileModel(nn.Module):
         return self.runner(x)
 
 
-# before each block of timed calls: onnxruntime's pool threads spin ~40 ms after a run, and would otherwise
-# take a core from the torch calls timed right after it (BENCHMARKS.md, issue 16)
+# the pause before timing something on CPU after something else ran: onnxruntime's pool thread spins ~40 ms
+# after a run (its default) and would take a core from whatever is timed next (BENCHMARKS.md, issue 16)
 SETTLE_S = 0.1
 
 
-def _median_time(fn, x: torch.Tensor, calls: int) -> float:
-    time.sleep(SETTLE_S)
+def _median_time(fn, x: torch.Tensor, calls: int, settle: bool = True) -> float:
+    if settle:
+        time.sleep(SETTLE_S)
     times = []
     with torch.inference_mode():
         for _ in range(calls):
@@ -123,7 +124,8 @@ def _median_time(fn, x: torch.Tensor, calls: int) -> float:
 def choose_backend(model: nn.Module, backend: str, batch_size: int) -> Tuple[nn.Module, str]:
     """(what to call, a one-line account of the choice). `model` is the PyTorch inference model; 'auto' times
     both on a random batch of `batch_size` at the model's input size (three calls each after one warm-up,
-    taking turns) and keeps the faster. onnxruntime runs fp32 on CPU only."""
+    taking turns, each block `SETTLE_S` after the one before: 0.6 s of pauses) and keeps the faster.
+    onnxruntime runs fp32 on CPU only."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == 'torch':
@@ -138,7 +140,7 @@ def choose_backend(model: nn.Module, backend: str, batch_size: int) -> Tuple[nn.
     from timm.data import resolve_data_config
     x = torch.randn(batch_size, *resolve_data_config({}, model=model)['input_size'])  # the size served
     for candidate in (model, ort_model):
-        _median_time(candidate, x, 1)  # warm-up
+        _median_time(candidate, x, 1, settle=False)  # warm-up
     t_torch, t_ort = _median_time(model, x, 3), _median_time(ort_model, x, 3)
     for _ in range(2):  # taking turns: a second round of each
         t_torch = min(t_torch, _median_time(model, x, 3))
