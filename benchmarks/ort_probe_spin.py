@@ -34,8 +34,8 @@ def one_run(model: str, batch_size: int, spin: bool, with_latency: bool) -> dict
         ort.SessionOptions = Spinning
     settings = BenchSettings(batch_size=batch_size, train=False, latency=with_latency, memory=False, repeats=6)
     ours, theirs = compare_peers(model, ['onnxruntime'], settings)
-    return {'ours': {k: ours.get(k) for k in ROW_KEYS},
-            'onnxruntime_img_s': theirs['infer_samples_per_sec'], 'onnxruntime_latency_ms': theirs.get('infer_latency_ms')}
+    return {'ours': {k: ours.get(k) for k in ROW_KEYS}, 'onnxruntime_img_s': theirs['infer_samples_per_sec'],
+            'onnxruntime_latency_ms': theirs.get('infer_latency_ms')}
 
 
 def main():
