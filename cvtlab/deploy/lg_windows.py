@@ -7,8 +7,9 @@ LG-Tiny stage-1 call at batch 4 in 7 ms, at 2 GB/s: its innermost run is one hea
 gather of C-wide rows (`window_order`) pads, rolls and cuts the windows at once; the per-token Linears (qkv,
 proj) run on window-ordered tokens; q, k and v are strided views of qkv's output that attention reads in
 place (SDPA's CPU kernel takes any strides); SDPA's output is laid out token-major, so proj reads it without
-a copy; and one more gather puts the tokens back, unrolled and cropped. LG-Tiny at batch 8 on two threads: 1.05x over both steps (BENCHMARKS.md). The same function
-(tests: 1e-5 against the model), the same parameters.
+a copy; and one more gather puts the tokens back, unrolled and cropped. LG-Tiny at batch 8 on two threads:
+1.05x over both steps (BENCHMARKS.md). The same function (tests: 1e-5 against the model), the same
+parameters.
 """
 import torch
 import torch.nn.functional as F
