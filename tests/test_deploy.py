@@ -266,6 +266,43 @@ def test_packed_linear_equals_linear_and_falls_back_when_it_must(activation):
     assert x.grad is not None
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
+@pytest.mark.parametrize('stride,groups', [(1, 1), (2, 1), (2, 16), (1, 16)])
+def test_packed_conv_equals_conv_and_falls_back_when_it_must(stride, groups):
+    from cvtlab.deploy.kernels import PackedConv2d
+    conv = nn.Conv2d(16, 32 if groups == 1 else 16, 3, stride, 1, groups=groups)
+    packed = PackedConv2d(conv)
+    tokens = torch.randn(2, 1 + 9 * 11, 16)  # a cls token ahead of a 9 x 11 map: the map is a strided view
+    fmap = tokens[:, 1:].reshape(2, 9, 11, 16).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        for x in (fmap, fmap.contiguous(), torch.randn(3, 16, 20, 14)):  # another size than the packed one
+            torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-6)
+        assert packed._packed[0] is not None and packed._packed[0].is_mkldnn  # the oneDNN path ran
+        torch.testing.assert_close(copy.deepcopy(packed)(fmap), conv(fmap), rtol=1e-5, atol=1e-6)
+        packed.weight.mul_(2)  # an in-place edit: packed again
+        torch.testing.assert_close(packed(fmap), conv(fmap), rtol=1e-5, atol=1e-6)
+    assert set(packed.state_dict()) == set(conv.state_dict())
+    out = packed(fmap.clone().requires_grad_())  # recording gradients: F.conv2d, so backward works
+    out.sum().backward()
+    with pytest.raises(ValueError, match='zero padding'):
+        PackedConv2d(nn.Conv2d(16, 16, 3, padding='same'))
+
+
+def test_fused_models_run_every_conv_packed():
+    from cvtlab.deploy.kernels import PackedConv2d
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip('torch built without oneDNN')
+    for name in ('cvt_13', 'lg_nano'):
+        model = small_model(name, {}).eval()
+        fused = fuse_for_inference(model, linear_kernel='torch')  # convs are packed whichever Linear kernel
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        packed = [m for m in fused.modules() if isinstance(m, PackedConv2d)]
+        assert len(packed) == len(convs) and not any(type(m) is nn.Conv2d for m in fused.modules())
+        x = torch.randn(2, 3, 40, 40)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize('kernel', ['onednn', 'torch'])
 def test_linear_kernel_choice(kernel):
     from cvtlab.deploy.kernels import PackedLinear

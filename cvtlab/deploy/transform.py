@@ -9,7 +9,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
 - the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`), and on
   CPU a batch split across the threads by samples (`parallel.py`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
-  weights, an MLP's activation fused into its first Linear (`kernels.py`);
+  weights, an MLP's activation fused into its first Linear; every conv with its weights kept in oneDNN's
+  layout (`kernels.py`);
 - LG's window attention on windows cut from the C-wide map before qkv, not from the 3C-wide qkv map
   (`lg_windows.py`);
 - in bf16, CvT's attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
@@ -29,7 +30,7 @@ from ..models import cvt, lg
 from . import blocks, parallel
 from .attention import use_gemm_attention
 from .blocks import rowwise_chunked, samplewise_chunked
-from .kernels import fastest_linear_kernel, onednn_supports, pack_linears
+from .kernels import fastest_linear_kernel, onednn_supports, pack_convs, pack_linears
 from .lg_windows import use_window_first_paths
 from .memory import retain_freed_memory
 from .wrapper import Wrapper
@@ -220,6 +221,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False, linear_kernel: s
         if not onednn_supports(dtype):
             raise ValueError(f"linear_kernel='onednn': this torch has no oneDNN {dtype} GEMM")
         pack_linears(model)
+    if onednn_supports(dtype):  # the convs' kernel is oneDNN's either way: kept packed, not reordered per call
+        pack_convs(model)
     if dtype == torch.bfloat16:
         to_bf16(model)
     model.requires_grad_(False)  # inference only: calls without torch.no_grad() take the fast paths too
