@@ -267,10 +267,10 @@ def test_packed_linear_equals_linear_and_falls_back_when_it_must(activation):
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
-@pytest.mark.parametrize('stride,groups', [(1, 1), (2, 1), (2, 16), (1, 16)])
-def test_packed_conv_equals_conv_and_falls_back_when_it_must(stride, groups):
+@pytest.mark.parametrize('stride,groups,bias', [(1, 1, True), (2, 1, False), (2, 16, True), (1, 16, False)])
+def test_packed_conv_equals_conv_and_falls_back_when_it_must(stride, groups, bias):
     from cvtlab.deploy.kernels import PackedConv2d
-    conv = nn.Conv2d(16, 32 if groups == 1 else 16, 3, stride, 1, groups=groups)
+    conv = nn.Conv2d(16, 32 if groups == 1 else 16, 3, stride, 1, groups=groups, bias=bias)
     packed = PackedConv2d(conv)
     tokens = torch.randn(2, 1 + 9 * 11, 16)  # a cls token ahead of a 9 x 11 map: the map is a strided view
     fmap = tokens[:, 1:].reshape(2, 9, 11, 16).permute(0, 3, 1, 2)
@@ -281,6 +281,7 @@ def test_packed_conv_equals_conv_and_falls_back_when_it_must(stride, groups):
         torch.testing.assert_close(copy.deepcopy(packed)(fmap), conv(fmap), rtol=1e-5, atol=1e-6)
         packed.weight.mul_(2)  # an in-place edit: packed again
         torch.testing.assert_close(packed(fmap), conv(fmap), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(packed(fmap[0]), conv(fmap[0]), rtol=1e-5, atol=1e-6)  # unbatched: F.conv2d
     assert set(packed.state_dict()) == set(conv.state_dict())
     out = packed(fmap.clone().requires_grad_())  # recording gradients: F.conv2d, so backward works
     out.sum().backward()
@@ -301,6 +302,18 @@ def test_fused_models_run_every_conv_packed():
         x = torch.randn(2, 3, 40, 40)
         with torch.no_grad():
             torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+        assert all(m._packed[0] is not None for m in packed)  # every conv ran on its packed weights
+
+
+@pytest.mark.parametrize('name', ['cvt_13', 'lg_nano'])
+def test_fused_under_inference_mode(name):
+    """A model fused inside `torch.inference_mode` (its folded weights are then inference tensors, which carry
+    no version counter) runs, packed, with the original's outputs."""
+    model = small_model(name, {}).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.inference_mode():
+        fused = fuse_for_inference(model, linear_kernel='onednn' if torch.backends.mkldnn.is_available() else 'torch')
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('kernel', ['onednn', 'torch'])

@@ -1,4 +1,4 @@
-"""Linear and conv layers on the fastest kernels of this machine, chosen at run time.
+"""Linear and conv layers on the fastest kernels of this machine.
 
 `torch.nn.functional.linear` runs MKL's sgemm on x86 builds; on some CPUs oneDNN runs the same GEMM with
 its weights pre-packed noticeably faster (BENCHMARKS.md, issue 16), and can apply the activation that
@@ -84,7 +84,7 @@ class PackedLinear(nn.Module):
             return y if self.act is None else self.act(y)
         # repacked whenever the weight changed (load_state_dict, in-place edits, dtype): one tuple, so that
         # concurrent callers never see a packed weight with another version's key
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        key = _weight_key(self.weight)
         packed, packed_key = self._packed
         if packed_key != key:
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
@@ -98,6 +98,13 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}'
+
+
+def _weight_key(weight: torch.Tensor) -> tuple:
+    """What a packed copy was made from: the weight's version (bumped by every in-place edit), storage and dtype.
+    A weight made under `torch.inference_mode` (a model fused there) has no version: in-place edits to it go
+    unseen, as they do for every inference tensor."""
+    return -1 if weight.is_inference() else weight._version, weight.data_ptr(), weight.dtype
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
@@ -116,10 +123,10 @@ def pack_linears(model: nn.Module) -> nn.Module:
 
 
 class PackedConv2d(nn.Module):
-    """An `nn.Conv2d` (zero padding) for CPU inference through oneDNN with its weights kept in oneDNN's layout, in fp32 or bf16 (the weights' dtype). The same `weight` / `bias`
-    parameters; the packed copy is made on the first call (for that call's input size; another size still
-    runs, oneDNN reorders what it needs) and never saved. Outputs come back channels-last. Falls back to
-    `F.conv2d` (+ activation) in the same cases as `PackedLinear`."""
+    """An `nn.Conv2d` (zero padding) for CPU inference through oneDNN with its weights kept in oneDNN's layout,
+    in fp32 or bf16 (the weights' dtype). The same `weight` / `bias` parameters; the packed copy is made on the
+    first call, for that call's input size (other sizes run too), and never saved. Outputs come back
+    channels-last. Falls back to `F.conv2d` in the same cases as `PackedLinear`, and for unbatched inputs."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -128,30 +135,29 @@ class PackedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.weight, self.bias = conv.weight, conv.bias
+        # oneDNN's op takes lists: made once, not on every call
+        self._geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         self._packed = (None, None)  # as `PackedLinear._packed`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or recording or x.device.type != 'cpu'
-                or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)):
+                or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)
+                or x.dim() != 4):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        key = _weight_key(self.weight)
         packed, packed_key = self._packed
         if packed_key != key:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                list(x.shape))
+            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.detach(), *self._geometry, list(x.shape))
             self._packed = (packed, key)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            'none', [], '')
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *self._geometry, 'none', [], '')
 
     def __getstate__(self):
         return {**self.__dict__, '_packed': (None, None)}
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
-                f'padding={self.padding}, groups={self.groups}')
+                f'padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}')
 
 
 def pack_convs(model: nn.Module) -> nn.Module:

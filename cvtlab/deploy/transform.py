@@ -9,8 +9,8 @@ is computed, never what it computes (outputs equal the original eval model's wit
 - the whole forward over groups of samples whose first-stage map fits the cache (`SampleGroups`), and on
   CPU a batch split across the threads by samples (`parallel.py`);
 - on CPUs where oneDNN's GEMM measures faster than `F.linear`'s, every Linear through oneDNN with packed
-  weights, an MLP's activation fused into its first Linear; every conv with its weights kept in oneDNN's
-  layout (`kernels.py`);
+  weights, an MLP's activation fused into its first Linear (`kernels.py`);
+- wherever oneDNN runs the dtype, every conv with its weights kept in oneDNN's layout (`kernels.py`);
 - LG's window attention on windows cut from the C-wide map before qkv, not from the 3C-wide qkv map
   (`lg_windows.py`);
 - in bf16, CvT's attention as two GEMMs and a softmax over cache-sized groups of samples (`attention.py`);
@@ -78,7 +78,7 @@ class SampleGroups(Wrapper):
     by samples, each share on a one-thread worker, when it shares out evenly (`parallel.py`). Attributes not
     found here are looked up on `model`."""
 
-    def __init__(self, model: nn.Module, stem: nn.Conv2d, dtype: torch.dtype = torch.float32,
+    def __init__(self, model: nn.Module, stem: nn.Module, dtype: torch.dtype = torch.float32,
                  sample_parallel: bool = True):
         super().__init__()
         self.model = model
@@ -142,7 +142,7 @@ def _swap_blocks(model: nn.Module):
                 setattr(parent, name, InferenceBlock(child, group_attention=True))
 
 
-def _stem(model: nn.Module) -> nn.Conv2d:
+def _stem(model: nn.Module) -> nn.Module:
     """The conv that makes the first-stage map."""
     return model.stages[0].patch_embed.proj if isinstance(model, cvt.CvT) else model.patch_embed.proj
 
