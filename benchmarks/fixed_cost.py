@@ -1,11 +1,12 @@
 """Where cvtlab's fp32 inference loses to onnxruntime on its own export: per image, or per call.
 
 One thread, batches of 1, 2 and 4 images (a two-thread batch of 8 is two one-thread workers of 4 images
-each). cvtlab's `fuse_for_inference` and onnxruntime's session on `cvtlab export`'s graph take turns, each
-call `deploy.backends.SETTLE_S` after the previous one (onnxruntime's session does not spin: one thread
-has no pool to spin). A least-squares line through the medians, time = fixed + per_image x batch, splits
-each library's time into the cost of a call (Python, dispatch, anything paid once whatever the batch) and
-the cost of an image (the kernels).
+each). cvtlab's `fuse_for_inference` and onnxruntime's session on `cvtlab export`'s graph take turns (who
+goes first alternates by round), each call `deploy.backends.SETTLE_S` after the previous one. A
+least-squares line through the medians, time = fixed + per_image x batch, splits each library's time into
+a cost per call (Python, dispatch, anything paid once whatever the batch) and a cost per image (mostly the
+kernels). With three points and one run, read both to a few ms: per-op costs that grow with the batch (more
+token blocks) land in the slope.
 
 Usage: .venv/bin/python benchmarks/fixed_cost.py [--model cvt_13] [--img-size 224] [--batches 1 2 4]
            [--rounds 8] [--json FILE]
@@ -60,10 +61,12 @@ def main():
             x = torch.randn(batch, 3, args.img_size, args.img_size)
             calls = {'cvtlab': lambda: fused(x), 'onnxruntime': lambda: ort_session.run(None, {input_name: x.numpy()})}
             for call in calls.values():  # warm-up: packed weights, oneDNN primitives, onnxruntime's arena
-                call(), call()
+                call()
+                call()
             times = {name: [] for name in calls}
-            for _ in range(args.rounds):
-                for name, call in calls.items():
+            for round_ in range(args.rounds):
+                for name in (list(calls) if round_ % 2 == 0 else list(calls)[::-1]):
+                    call = calls[name]
                     time.sleep(SETTLE_S)
                     start = time.perf_counter()
                     call()
@@ -76,7 +79,8 @@ def main():
         fits[name] = {'per_image_ms': round(float(per_image), 2), 'fixed_ms': round(float(fixed), 2)}
         print(f'{name}: {per_image:.1f} ms per image + {fixed:.1f} ms per call')
     largest = max(args.batches)
-    print(f'onnxruntime / cvtlab at batch {largest}: {medians[largest]["onnxruntime"] / medians[largest]["cvtlab"]:.3f}x')
+    ratio = medians[largest]['onnxruntime'] / medians[largest]['cvtlab']
+    print(f'onnxruntime / cvtlab at batch {largest}: {ratio:.3f}x')
     if args.json:
         Path(args.json).write_text(json.dumps({
             'command': 'benchmarks/fixed_cost.py', 'args': vars(args), 'threads': 1,

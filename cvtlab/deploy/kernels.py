@@ -62,8 +62,9 @@ def fastest_linear_kernel(threads: int = 0, dtype: torch.dtype = torch.float32) 
 
 class PackedLinear(nn.Module):
     """An `nn.Linear` (optionally followed by a SiLU / GELU) for CPU inference through oneDNN with pre-packed
-    weights, in fp32 or bf16 (the weights' dtype; inputs of another dtype or under autocast take `F.linear`). The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the
-    first call and never saved. Falls back to `F.linear` (+ activation) when recording gradients, tracing
+    weights, in fp32 or bf16 (the weights' dtype; inputs of another dtype or under autocast take `F.linear`).
+    The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the first
+    call and never saved. Falls back to `F.linear` (+ activation) when recording gradients, tracing
     (ONNX export), compiling (inductor packs weights itself) or off the CPU."""
 
     def __init__(self, linear: nn.Linear, activation: nn.Module = None):
@@ -125,7 +126,7 @@ def pack_linears(model: nn.Module) -> nn.Module:
 class PackedConv2d(nn.Module):
     """An `nn.Conv2d` (zero padding) for CPU inference through oneDNN with its weights kept in oneDNN's layout,
     in fp32 or bf16 (the weights' dtype). The same `weight` / `bias` parameters; the packed copy is made on the
-    first call, for that call's input size (other sizes run too), and never saved. Outputs come back
+    first call, for that call's input size (other sizes run as fast at CvT's shapes), and never saved. Outputs come back
     channels-last. Falls back to `F.conv2d` in the same cases as `PackedLinear`, and for unbatched inputs."""
 
     def __init__(self, conv: nn.Conv2d):
