@@ -430,6 +430,34 @@ def test_window_first_paths_compute_the_same_attention(size):
         torch.testing.assert_close(traced(x), ref, rtol=0, atol=1e-5)
 
 
+def test_window_masks_are_kept_per_size_and_remade_when_the_bias_changes():
+    """Each path keeps its last window mask; a new size, a new dtype or an edited relative-position table
+    makes it again, so outputs follow the model's (1e-5)."""
+    from cvtlab.deploy import lg_windows
+    model = small_model('lg_nano', {}).eval()
+    fast = lg_windows.use_window_first_paths(copy.deepcopy(model))
+    paths = [m for m in fast.modules() if isinstance(m, lg_windows.WindowFirstPath)]
+    made = []
+    with pytest.MonkeyPatch.context() as mp:
+        real = lg_windows.window_bias_and_mask
+        mp.setattr(lg_windows, 'window_bias_and_mask', lambda *a: made.append(1) or real(*a))
+        with torch.no_grad():
+            counts = []
+            for size in [(44, 60), (44, 60), (56, 56), (44, 60)]:
+                x = torch.randn(2, 3, *size)
+                torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-5)
+                counts.append(len(made))
+            made_per_call = [b - a for a, b in zip([0] + counts, counts)]
+            assert made_per_call[0] > 0 and made_per_call[1] == 0  # the same size again: none made
+            assert made_per_call[3] == made_per_call[0]  # back to the first size: made again
+            for m in (model, fast):  # the same in-place edit of every table
+                for name, p in m.named_parameters():
+                    if name.endswith('relative_position_bias_table'):
+                        p.add_(0.5 * torch.ones_like(p).cumsum(0))
+            torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-5)
+    assert all(p.last_mask[0] is not None for p in paths)
+
+
 @pytest.fixture
 def two_threads():
     before = torch.get_num_threads()

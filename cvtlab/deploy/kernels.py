@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['PackedConv2d', 'PackedLinear', 'fastest_linear_kernel', 'onednn_supports', 'pack_convs',
-           'pack_linears']
+           'pack_linears', 'weight_key']
 
 # activations oneDNN can apply after its GEMM: module type -> (its post-op name, algorithm, the same in torch)
 _POST_OPS = {nn.SiLU: ('swish', '', F.silu), nn.GELU: ('gelu', 'none', F.gelu)}
@@ -85,7 +85,7 @@ class PackedLinear(nn.Module):
             return y if self.act is None else self.act(y)
         # repacked whenever the weight changed (load_state_dict, in-place edits, dtype): one tuple, so that
         # concurrent callers never see a packed weight with another version's key
-        key = _weight_key(self.weight)
+        key = weight_key(self.weight)
         packed, packed_key = self._packed
         if packed_key != key:
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
@@ -101,8 +101,9 @@ class PackedLinear(nn.Module):
         return f'in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}'
 
 
-def _weight_key(weight: torch.Tensor) -> tuple:
-    """What a packed copy was made from: the weight's version (bumped by every in-place edit), storage and dtype.
+def weight_key(weight: torch.Tensor) -> tuple:
+    """What a copy derived from `weight` was made from: its version (bumped by every in-place edit), storage and
+    dtype.
     A weight made under `torch.inference_mode` (a model fused there) has no version: in-place edits to it go
     unseen, as they do for every inference tensor."""
     return -1 if weight.is_inference() else weight._version, weight.data_ptr(), weight.dtype
@@ -146,7 +147,7 @@ class PackedConv2d(nn.Module):
                 or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)
                 or x.dim() != 4):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        key = _weight_key(self.weight)
+        key = weight_key(self.weight)
         packed, packed_key = self._packed
         if packed_key != key:
             packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.detach(), *self._geometry, list(x.shape))

@@ -8,8 +8,8 @@ gather of C-wide rows (`window_order`) pads, rolls and cuts the windows at once;
 proj) run on window-ordered tokens; q, k and v are strided views of qkv's output that attention reads in
 place (SDPA's CPU kernel takes any strides); SDPA's output is laid out token-major, so proj reads it without
 a copy; and one more gather puts the tokens back, unrolled and cropped. LG-Tiny at batch 8 on two threads:
-1.05x over both steps (BENCHMARKS.md). The same function (tests: 1e-5 against the model), the same
-parameters.
+1.05x over both steps (BENCHMARKS.md). Each path keeps its window mask (bias and -inf) for the last map
+size. The same function (tests: 1e-5 against the model), the same parameters.
 """
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from ..models import lg
 from ..models.windows import window_bias_and_mask
 from .attention import _swapped
 from .blocks import runs_whole
+from .kernels import weight_key
 
 __all__ = ['WindowFirstPath', 'use_window_first_paths', 'window_order']
 
@@ -67,13 +68,11 @@ class WindowFirstPath(lg.AttentionPath):
         nW = gather.numel() // N
         # B (nW N) (3 h D) -> 3 B nW h N D -> 3 (B nW) h N D: views into qkv
         q, k, v = qkv.view(B, nW, N, 3, heads, -1).permute(3, 0, 1, 4, 2, 5).flatten(1, 2).unbind(0)
-        if self.shift == 0 and (Hp, Wp) == (h, w):  # every window sees all of its tokens: one bias for all
-            mask = self.rel_pos_bias().to(q.dtype).unsqueeze(0)  # 1 h N N
+        mask = self._bias_and_mask(h, w, Hp, Wp, q.dtype)
+        if mask.shape[0] == 1:  # every window sees all of its tokens: one bias for all
             out = self._attend_windows(q, k, v, mask).view(B, nW * N, C)
             return out.index_select(1, scatter).view(B, h, w, C)  # windows back to the map, one gather
-        # windows differ in their masks: the bias and mask of one image's windows, image by image
-        mask = window_bias_and_mask(self.rel_pos_bias(), h, w, Hp, Wp, self.window_size, self.shift,
-                                    q.dtype).view(nW, heads, N, N)
+        # windows differ in their masks: one image's windows at a time
         out = None
         for b in range(B):
             part = slice(b * nW, (b + 1) * nW)
@@ -81,6 +80,23 @@ class WindowFirstPath(lg.AttentionPath):
             out = windows.new_empty(B, h * w, C) if out is None else out  # proj's dtype (autocast may change it)
             torch.index_select(windows, 0, scatter, out=out[b])
         return out.view(B, h, w, C)
+
+    def _bias_and_mask(self, h: int, w: int, Hp: int, Wp: int, dtype: torch.dtype) -> torch.Tensor:
+        """The additive attention mask of this path's windows on an h x w map: the relative position bias, 1 h N
+        N, when every window sees all of its tokens, else with each window's -inf mask, nW h N N. Kept for the
+        last size, dtype and bias table: made on every call, it took 7 ms of an LG-Tiny call, mostly Python
+        (BENCHMARKS.md); one size only, since at 896 px the masks of LG-Tiny's paths take 76 MB."""
+        key = (h, w, dtype, weight_key(self.relative_position_bias_table))
+        made_for, mask = self.last_mask
+        if made_for != key:
+            if self.shift == 0 and (Hp, Wp) == (h, w):
+                mask = self.rel_pos_bias().to(dtype).unsqueeze(0)
+            else:
+                nW, N = (Hp // self.window_size) * (Wp // self.window_size), self.window_size ** 2
+                mask = window_bias_and_mask(self.rel_pos_bias(), h, w, Hp, Wp, self.window_size, self.shift,
+                                            dtype).view(nW, self.num_heads, N, N)
+            self.last_mask = (key, mask)  # one tuple: concurrent callers never pair a mask with another's key
+        return mask
 
     def _window_order(self, h: int, w: int, device: torch.device):
         key = (h, w, device)
@@ -103,5 +119,6 @@ def use_window_first_paths(model: torch.nn.Module) -> torch.nn.Module:
             if type(child) is lg.AttentionPath:
                 fast = _swapped(child, WindowFirstPath)
                 fast.window_orders = {}
+                fast.last_mask = (None, None)
                 setattr(parent, name, fast)
     return model
