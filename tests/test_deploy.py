@@ -458,6 +458,32 @@ def test_window_masks_are_kept_per_size_and_remade_when_the_bias_changes():
     assert all(p.last_mask[0] is not None for p in paths)
 
 
+def test_window_masks_follow_gradients_to_the_bias_tables():
+    """An eval model whose bias tables alone require grad (so its activations do not), called with gradients on:
+    the paths take the model's own steps (no mask kept with a graph in it, no in-place window writes), and
+    the tables get the plain model's gradients, call after call."""
+    from cvtlab.deploy import lg_windows
+    model = small_model('lg_nano', {}).eval()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith('relative_position_bias_table'))
+    fast = lg_windows.use_window_first_paths(copy.deepcopy(model))
+    x = torch.randn(2, 3, 44, 60)
+
+    def table_grads(m):
+        m.zero_grad()
+        m(x).square().sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if n.endswith('relative_position_bias_table')}
+    with torch.no_grad():
+        fast(x)  # masks kept from a call without gradients must not stand in for the recorded ones
+    expected = table_grads(model)
+    for _ in range(2):  # a second backward through a kept graph would fail
+        got = table_grads(fast)
+        assert got.keys() == expected.keys() and got
+        for name in got:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+    copy.deepcopy(fast)  # no mask with a graph in it
+
+
 @pytest.fixture
 def two_threads():
     before = torch.get_num_threads()

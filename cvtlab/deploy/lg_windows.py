@@ -56,9 +56,14 @@ class WindowFirstPath(lg.AttentionPath):
     """One LG path whose window attention starts from windows of the C-wide map (module docstring). In bf16
     too the attention is SDPA's: at LG's 49-token windows it measured 1.04x `attention.gemm_attention`."""
 
+    last_mask = (None, None)  # (what it was made for, the mask): `_bias_and_mask`
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        # traced or compiled graphs keep the model's own steps, as does training (attention dropout)
-        if runs_whole(x) or torch.compiler.is_compiling() or self.training:
+        # traced or compiled graphs keep the model's own steps, as do training (attention dropout) and calls
+        # recording gradients for this path's own weights (the windows are written back in place, and the mask
+        # kept below must not carry a graph from one call to the next)
+        if (runs_whole(x) or torch.compiler.is_compiling() or self.training
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
             return super().attend(x)
         B, h, w, C = x.shape
         gather, scatter, Hp, Wp = self._window_order(h, w, x.device)
@@ -69,7 +74,7 @@ class WindowFirstPath(lg.AttentionPath):
         # B (nW N) (3 h D) -> 3 B nW h N D -> 3 (B nW) h N D: views into qkv
         q, k, v = qkv.view(B, nW, N, 3, heads, -1).permute(3, 0, 1, 4, 2, 5).flatten(1, 2).unbind(0)
         mask = self._bias_and_mask(h, w, Hp, Wp, q.dtype)
-        if mask.shape[0] == 1:  # every window sees all of its tokens: one bias for all
+        if mask.shape[0] == 1:  # one mask for every image's windows (no -inf anywhere, or one window each)
             out = self._attend_windows(q, k, v, mask).view(B, nW * N, C)
             return out.index_select(1, scatter).view(B, h, w, C)  # windows back to the map, one gather
         # windows differ in their masks: one image's windows at a time
@@ -85,10 +90,13 @@ class WindowFirstPath(lg.AttentionPath):
         """The additive attention mask of this path's windows on an h x w map: the relative position bias, 1 h N
         N, when every window sees all of its tokens, else with each window's -inf mask, nW h N N. Kept for the
         last size, dtype and bias table: made on every call, it took 7 ms of an LG-Tiny call, mostly Python
-        (BENCHMARKS.md); one size only, since at 896 px the masks of LG-Tiny's paths take 76 MB."""
-        key = (h, w, dtype, weight_key(self.relative_position_bias_table))
+        (BENCHMARKS.md); one size only, since at 896 px LG-Tiny's masks take 77 MiB."""
+        table = self.relative_position_bias_table
+        # the table itself (a view, no copy) goes in the key: its storage stays alive, so its address can
+        # not be reused by another table while the key holds it
+        key = (h, w, dtype, weight_key(table), table.detach())
         made_for, mask = self.last_mask
-        if made_for != key:
+        if made_for is None or made_for[:4] != key[:4]:
             if self.shift == 0 and (Hp, Wp) == (h, w):
                 mask = self.rel_pos_bias().to(dtype).unsqueeze(0)
             else:
@@ -97,6 +105,9 @@ class WindowFirstPath(lg.AttentionPath):
                                             dtype).view(nW, self.num_heads, N, N)
             self.last_mask = (key, mask)  # one tuple: concurrent callers never pair a mask with another's key
         return mask
+
+    def __getstate__(self):  # deepcopy / pickle: a copy's table has another address, so its mask is made again
+        return {**self.__dict__, 'last_mask': (None, None)}
 
     def _window_order(self, h: int, w: int, device: torch.device):
         key = (h, w, device)
@@ -119,6 +130,5 @@ def use_window_first_paths(model: torch.nn.Module) -> torch.nn.Module:
             if type(child) is lg.AttentionPath:
                 fast = _swapped(child, WindowFirstPath)
                 fast.window_orders = {}
-                fast.last_mask = (None, None)
                 setattr(parent, name, fast)
     return model
