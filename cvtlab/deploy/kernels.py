@@ -103,9 +103,8 @@ class PackedLinear(nn.Module):
 
 def weight_key(weight: torch.Tensor) -> tuple:
     """What a copy derived from `weight` was made from: its version (bumped by every in-place edit), storage and
-    dtype.
-    A weight made under `torch.inference_mode` (a model fused there) has no version: in-place edits to it go
-    unseen, as they do for every inference tensor."""
+    dtype. A weight made under `torch.inference_mode` (a model fused there) has no version: in-place edits to
+    it go unseen, as they do for every inference tensor."""
     return -1 if weight.is_inference() else weight._version, weight.data_ptr(), weight.dtype
 
 
@@ -127,8 +126,9 @@ def pack_linears(model: nn.Module) -> nn.Module:
 class PackedConv2d(nn.Module):
     """An `nn.Conv2d` (zero padding) for CPU inference through oneDNN with its weights kept in oneDNN's layout,
     in fp32 or bf16 (the weights' dtype). The same `weight` / `bias` parameters; the packed copy is made on the
-    first call, for that call's input size (other sizes run as fast at CvT's shapes), and never saved. Outputs come back
-    channels-last. Falls back to `F.conv2d` in the same cases as `PackedLinear`, and for unbatched inputs."""
+    first call, for that call's input size (other sizes ran as fast at CvT's shapes), and never saved. Outputs
+    come back channels-last. Falls back to `F.conv2d` in the same cases as `PackedLinear`, and for unbatched
+    inputs."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -150,7 +150,8 @@ class PackedConv2d(nn.Module):
         key = weight_key(self.weight)
         packed, packed_key = self._packed
         if packed_key != key:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.detach(), *self._geometry, list(x.shape))
+            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.detach(), *self._geometry,
+                                                                  list(x.shape))
             self._packed = (packed, key)
         return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *self._geometry, 'none', [], '')
 
@@ -159,7 +160,8 @@ class PackedConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
-                f'padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}')
+                f'padding={self.padding}, dilation={self.dilation}, groups={self.groups}, '
+                f'bias={self.bias is not None}')
 
 
 def pack_convs(model: nn.Module) -> nn.Module:

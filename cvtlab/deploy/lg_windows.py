@@ -92,8 +92,8 @@ class WindowFirstPath(lg.AttentionPath):
         last size, dtype and bias table: made on every call, it took 7 ms of an LG-Tiny call, mostly Python
         (BENCHMARKS.md); one size only, since at 896 px LG-Tiny's masks take 77 MiB."""
         table = self.relative_position_bias_table
-        # the table itself (a view, no copy) goes in the key: its storage stays alive, so its address can
-        # not be reused by another table while the key holds it
+        # the table itself (a view, no copy) goes in the key: its storage stays alive, so its address cannot
+        # be taken by another table while the key holds it
         key = (h, w, dtype, weight_key(table), table.detach())
         made_for, mask = self.last_mask
         if made_for is None or made_for[:4] != key[:4]:
