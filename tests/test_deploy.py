@@ -431,8 +431,8 @@ def test_window_first_paths_compute_the_same_attention(size):
 
 
 def test_window_masks_are_kept_per_size_and_remade_when_the_bias_changes():
-    """Each path keeps its last window mask; a new size, a new dtype or an edited relative-position table
-    makes it again, so outputs follow the model's (1e-5)."""
+    """Each path keeps its last window mask; a new size or an edited relative-position table makes it again,
+    so outputs follow the model's (1e-5)."""
     from cvtlab.deploy import lg_windows
     model = small_model('lg_nano', {}).eval()
     fast = lg_windows.use_window_first_paths(copy.deepcopy(model))
