@@ -56,7 +56,7 @@ class WindowFirstPath(lg.AttentionPath):
     """One LG path whose window attention starts from windows of the C-wide map (module docstring). In bf16
     too the attention is SDPA's: at LG's 49-token windows it measured 1.04x `attention.gemm_attention`."""
 
-    last_mask = (None, None)  # (what it was made for, the mask): `_bias_and_mask`
+    last_mask = (None, None, None)  # (what it was made for, the mask, the table it came from): `_bias_and_mask`
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         # traced or compiled graphs keep the model's own steps, as do training (attention dropout) and calls
@@ -92,22 +92,22 @@ class WindowFirstPath(lg.AttentionPath):
         last size, dtype and bias table: made on every call, it took 7 ms of an LG-Tiny call, mostly Python
         (BENCHMARKS.md); one size only, since at 896 px LG-Tiny's masks take 77 MiB."""
         table = self.relative_position_bias_table
-        # the table itself (a view, no copy) goes in the key: its storage stays alive, so its address cannot
-        # be taken by another table while the key holds it
-        key = (h, w, dtype, weight_key(table), table.detach())
-        made_for, mask = self.last_mask
-        if made_for is None or made_for[:4] != key[:4]:
+        key = (h, w, dtype, weight_key(table))
+        made_for, mask, _ = self.last_mask
+        if made_for != key:
             if self.shift == 0 and (Hp, Wp) == (h, w):
                 mask = self.rel_pos_bias().to(dtype).unsqueeze(0)
             else:
                 nW, N = (Hp // self.window_size) * (Wp // self.window_size), self.window_size ** 2
                 mask = window_bias_and_mask(self.rel_pos_bias(), h, w, Hp, Wp, self.window_size, self.shift,
                                             dtype).view(nW, self.num_heads, N, N)
-            self.last_mask = (key, mask)  # one tuple: concurrent callers never pair a mask with another's key
+            # one tuple, so concurrent callers never pair a mask with another's key; the table goes along (a view,
+            # no copy) so that its storage stays alive and no other table can take its address
+            self.last_mask = (key, mask, table.detach())
         return mask
 
     def __getstate__(self):  # deepcopy / pickle: a copy's table has another address, so its mask is made again
-        return {**self.__dict__, 'last_mask': (None, None)}
+        return {**self.__dict__, 'last_mask': (None, None, None)}
 
     def _window_order(self, h: int, w: int, device: torch.device):
         key = (h, w, device)
