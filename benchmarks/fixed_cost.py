@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import timm
 import torch
 
 import cvtlab
+from cvtlab.benchmark import time_interleaved
 from cvtlab.deploy.backends import SETTLE_S
 from cvtlab.export import export_onnx
 
@@ -60,17 +60,15 @@ def main():
         for batch in args.batches:
             x = torch.randn(batch, 3, args.img_size, args.img_size)
             calls = {'cvtlab': lambda: fused(x), 'onnxruntime': lambda: ort_session.run(None, {input_name: x.numpy()})}
-            for call in calls.values():  # warm-up: packed weights, oneDNN primitives, onnxruntime's arena
-                call()
-                call()
+            # warm-up: packed weights, oneDNN primitives, onnxruntime's arena
+            time_interleaved(calls, warmup=2, repeats=0, device=torch.device('cpu'))
             times = {name: [] for name in calls}
-            for round_ in range(args.rounds):
-                for name in (list(calls) if round_ % 2 == 0 else list(calls)[::-1]):
-                    call = calls[name]
-                    time.sleep(SETTLE_S)
-                    start = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - start)
+            for round_ in range(args.rounds):  # one round at a time, who goes first alternating
+                order = list(calls) if round_ % 2 == 0 else list(calls)[::-1]
+                one = time_interleaved({n: calls[n] for n in order}, warmup=0, repeats=1,
+                                       device=torch.device('cpu'), settle_s=SETTLE_S)
+                for name, t in one.items():
+                    times[name] += t
             medians[batch] = {name: 1e3 * statistics.median(t) for name, t in times.items()}
             print(f'batch {batch}: ' + ', '.join(f'{n} {ms:.1f} ms' for n, ms in medians[batch].items()), flush=True)
     fits = {}

@@ -60,7 +60,38 @@ def fastest_linear_kernel(threads: int = 0, dtype: torch.dtype = torch.float32) 
     return min(times, key=lambda k: statistics.median(times[k][1:]))
 
 
-class PackedLinear(nn.Module):
+class _PackedWeight(nn.Module):
+    """What `PackedLinear` and `PackedConv2d` share: when a call may take oneDNN's packed path, and oneDNN's copy
+    of `self.weight` (an opaque tensor, never saved), made on first use and again whenever the weight changed
+    (load_state_dict, in-place edits, dtype)."""
+
+    _packed = (None, None)  # (the packed weight, the `weight_key` it was made from)
+
+    def _takes_onednn(self, x: torch.Tensor) -> bool:
+        """False when recording gradients, tracing (ONNX export), compiling (inductor packs weights itself), off
+        the CPU, for another dtype than the weight's, under autocast, or where oneDNN lacks the dtype."""
+        # compiling and tracing first: dynamo must not trace the checks after them
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return not (recording or x.device.type != 'cpu' or x.dtype != self.weight.dtype
+                    or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype))
+
+    def _packed_weight(self, pack) -> torch.Tensor:
+        """`pack(weight)`, kept while the weight stays the same. One tuple, so that concurrent callers never see
+        a packed weight with another version's key."""
+        key = weight_key(self.weight)
+        packed, packed_key = self._packed
+        if packed_key != key:
+            packed = pack(self.weight.detach())
+            self._packed = (packed, key)
+        return packed
+
+    def __getstate__(self):  # deepcopy / pickle: oneDNN's opaque tensor cannot be copied; packed again on use
+        return {**self.__dict__, '_packed': (None, None)}
+
+
+class PackedLinear(_PackedWeight):
     """An `nn.Linear` (optionally followed by a SiLU / GELU) for CPU inference through oneDNN with pre-packed
     weights, in fp32 or bf16 (the weights' dtype; inputs of another dtype or under autocast take `F.linear`).
     The same `weight` / `bias` parameters (state_dict keys unchanged); the packed copy is made on the first
@@ -73,29 +104,15 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.post_op, self.algorithm, self.act = ('none', '', None) if activation is None else \
             _POST_OPS[type(activation)]
-        # oneDNN's layout of `weight` (an opaque tensor, made on first use) and the weight version it was made from
-        self._packed = (None, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        # compiling and tracing first: dynamo must not trace the checks after them
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or recording or x.device.type != 'cpu'
-                or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)):
+        if not self._takes_onednn(x):
             y = F.linear(x, self.weight, self.bias)
             return y if self.act is None else self.act(y)
-        # repacked whenever the weight changed (load_state_dict, in-place edits, dtype): one tuple, so that
-        # concurrent callers never see a packed weight with another version's key
-        key = weight_key(self.weight)
-        packed, packed_key = self._packed
-        if packed_key != key:
-            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1024)
-            self._packed = (packed, key)
+        packed = self._packed_weight(lambda w: torch.ops.mkldnn._reorder_linear_weight(w, 1024))
         rows = x.reshape(-1, x.shape[-1])  # B ... C_in -> (B ...) C_in
         y = torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, self.post_op, [], self.algorithm)
         return y.reshape(*x.shape[:-1], self.out_features)
-
-    def __getstate__(self):  # deepcopy / pickle: oneDNN's opaque tensor cannot be copied; packed again on use
-        return {**self.__dict__, '_packed': (None, None)}
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}'
@@ -123,7 +140,7 @@ def pack_linears(model: nn.Module) -> nn.Module:
     return model
 
 
-class PackedConv2d(nn.Module):
+class PackedConv2d(_PackedWeight):
     """An `nn.Conv2d` (zero padding) for CPU inference through oneDNN with its weights kept in oneDNN's layout,
     in fp32 or bf16 (the weights' dtype). The same `weight` / `bias` parameters; the packed copy is made on the
     first call, for that call's input size (other sizes ran as fast at CvT's shapes), and never saved. Outputs
@@ -139,24 +156,13 @@ class PackedConv2d(nn.Module):
         self.weight, self.bias = conv.weight, conv.bias
         # oneDNN's op takes lists: made once, not on every call
         self._geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-        self._packed = (None, None)  # as `PackedLinear._packed`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or recording or x.device.type != 'cpu'
-                or x.dtype != self.weight.dtype or torch.is_autocast_enabled('cpu') or not onednn_supports(x.dtype)
-                or x.dim() != 4):
+        if x.dim() != 4 or not self._takes_onednn(x):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        key = weight_key(self.weight)
-        packed, packed_key = self._packed
-        if packed_key != key:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(self.weight.detach(), *self._geometry,
-                                                                  list(x.shape))
-            self._packed = (packed, key)
+        packed = self._packed_weight(
+            lambda w: torch.ops.mkldnn._reorder_convolution_weight(w, *self._geometry, list(x.shape)))
         return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *self._geometry, 'none', [], '')
-
-    def __getstate__(self):
-        return {**self.__dict__, '_packed': (None, None)}
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
