@@ -236,6 +236,35 @@ def test_compare_onnxruntime_times_cvtlabs_own_export(capsys):
     assert 'vs onnxruntime' in capsys.readouterr().out
 
 
+def test_compare_hf_onnxruntime_and_compile_in_one_run(monkeypatch, capsys):
+    """Every peer at once: one run, one limit, every ratio against ours; the training step for ours and HF only.
+    compile_for_inference is replaced by a recorder (a real compile takes minutes)."""
+    pytest.importorskip('transformers')
+    import cvtlab.benchmark.peers as peers
+    compiled = []
+    monkeypatch.setattr(peers, 'compile_for_inference',
+                        lambda model: compiled.append(model) or fuse_for_inference(model))
+    s = BenchSettings(batch_size=2, img_size=32, train=True, latency=False, memory=False, repeats=1)
+    ours, hf, ort_row, comp = peers.compare_peers('cvt_13', ['hf', 'onnxruntime', 'compile', 'hf'], s,
+                                                  model_args=SMALL_CVT)
+    assert [r['model'] for r in (ours, hf, ort_row, comp)] == ['cvt_13', 'hf:cvt_13', 'onnxruntime', 'compile']
+    assert len(compiled) == 1
+    assert ours['hf_max_abs_diff'] < 1e-4 and ours['onnxruntime_max_abs_diff'] < 1e-4  # the same weights
+    assert ours['compile_max_abs_diff'] < 1e-4
+    for peer, row in [('hf', hf), ('onnxruntime', ort_row), ('compile', comp)]:
+        assert ours[f'infer_vs_{peer}'] == pytest.approx(ours['infer_samples_per_sec'] / row['infer_samples_per_sec'])
+        assert row['gemm_limits'] == ours['gemm_limits']  # one run, one limit
+    assert ours['train_vs_hf'] == pytest.approx(ours['train_samples_per_sec'] / hf['train_samples_per_sec'])
+    assert 'train_samples_per_sec' not in ort_row and 'train_samples_per_sec' not in comp
+    assert hf['backend'] == 'torch' and ort_row['backend'] == 'onnxruntime'
+    with pytest.raises(cvtlab.CvtlabError, match='only apply with --compare hf'):
+        peers.compare_peers('cvt_tiny', ['onnxruntime'], s, hf_eager=True)
+    assert main(['benchmark', 'cvt_13', '-b', '1', '--img-size', '32', '--repeats', '1', '--no-latency', '--no-train',
+                 '--compare', 'hf,onnxruntime']) == 0  # cvt_tiny's stages are too shallow for HF
+    out = capsys.readouterr().out
+    assert 'infer vs HF' in out and 'vs onnxruntime' in out
+
+
 def test_compare_int8_and_backend_rows(capsys):
     """The int8 peer is timed against the int8 GEMM limit; `--backend` runs the inference copy where asked."""
     from cvtlab.benchmark import compare_peers

@@ -2,8 +2,8 @@
 
 `measure` holds one function per measurement (`time_interleaved`, `latency`, `peak_memory`,
 `matmul_rate`, `gmacs`), `limits` the machine's (CPU flags, the best GEMM rate of every library at hand);
-`subjects.benchmark_model`, `hf.compare_hf`, `peers.compare_peers` (onnxruntime on cvtlab's export, the
-compiled model) and `sweep.sweep_resolution` combine
+`subjects.benchmark_model`, `peers.compare_peers` (HF transformers' CvT, onnxruntime on cvtlab's export, the
+compiled model, any of them in one run; `compare_hf` for HF alone) and `sweep.sweep_resolution` combine
 them and return plain dicts whose field names follow timm's `benchmark.py` (`infer_samples_per_sec`,
 `train_step_time`, `param_count`, ...). The command itself lives in `benchmark/cli.py`.
 
@@ -20,10 +20,10 @@ Timing rules, because the machines this runs on are small and shared:
 - CPU memory is the growth of the process RSS during one step (sampled every 0.5 ms, after handing
   freed heap back with `malloc_trim`); on CUDA it is `max_memory_allocated` above the step's start.
 """
-from .hf import compare_hf, hf_logits, hf_max_abs_diff, hf_twin
+from .hf import hf_logits, hf_max_abs_diff, hf_twin
 from .limits import cpu_info, gemm_probes
 from .measure import default_img_size, gmacs, latency, matmul_probe, matmul_rate, peak_memory, time_interleaved
-from .peers import compare_peers
+from .peers import compare_hf, compare_peers
 from .subjects import DTYPES, BenchSettings, benchmark_model, benchmark_models
 from .sweep import SWEEP_MODELS, plot_sweep, sweep_resolution
 

@@ -9,7 +9,6 @@ import torch
 
 from ..console import console
 from ..errors import ConfigError
-from .hf import compare_hf
 from .limits import cpu_info, describe_cpu, dtype_notes
 from .peers import compare_peers
 from .subjects import DTYPES, BenchSettings, benchmark_models
@@ -34,10 +33,10 @@ def add_benchmark_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=int, default=1, help='untimed calls before timing (default 1)')
     p.add_argument('--repeats', type=int, default=3, help='timed calls per model (default 3)')
     p.add_argument('--latency-repeats', type=int, default=10, help='timed batch-1 calls (default 10)')
-    p.add_argument('--compare', help="also time, on the same weights and input: 'hf' (the same CvT in HF transformers), "
-                                     "or any of 'onnxruntime' (cvtlab's own ONNX export), 'onnxruntime-int8' (its "
-                                     "int8 form, as `cvtlab export --int8` writes it), 'compile' "
-                                     "(compile_for_inference), comma-separated")
+    p.add_argument('--compare', help="also time, on the same weights and input and in the same run, any of 'hf' "
+                                     "(the same CvT in HF transformers, its training step too), 'onnxruntime' "
+                                     "(cvtlab's own ONNX export), 'onnxruntime-int8' (its int8 form, as `cvtlab "
+                                     "export --int8` writes it), 'compile' (compile_for_inference), comma-separated")
     p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'auto'],
                    help="run the inference copy in torch (default), in onnxruntime (cvtlab's ONNX export), or "
                         "whichever a short probe measures faster (auto), as `predict --backend` does")
@@ -62,7 +61,8 @@ def _settings_from_args(args, sweep: bool) -> BenchSettings:
 def cmd_benchmark(args) -> int:
     sweep = bool(args.sweep_res)
     s = _settings_from_args(args, sweep)
-    if (args.hf_eager or args.hf_dtype) and args.compare != 'hf':
+    peers = [p.strip() for p in args.compare.split(',')] if args.compare else []
+    if (args.hf_eager or args.hf_dtype) and 'hf' not in peers:
         raise ConfigError('--hf-eager and --hf-dtype only apply with --compare hf')
     if args.hf_eager and not args.compile:
         raise ConfigError('--hf-eager only applies with --compile (without it both run eager)')
@@ -74,14 +74,10 @@ def cmd_benchmark(args) -> int:
         names = args.models if args.models != ['cvt_13'] else list(SWEEP_MODELS)
         rows = sweep_resolution(names, resolutions, s)
         plot = plot_sweep(rows, args.plot)
-    elif args.compare == 'hf':
-        if len(args.models) != 1:
-            raise ConfigError('--compare hf takes exactly one CvT model')
-        rows, plot = compare_hf(args.models[0], s, hf_dtype=args.hf_dtype, hf_eager=args.hf_eager), None
-    elif args.compare:
+    elif peers:
         if len(args.models) != 1:
             raise ConfigError('--compare takes exactly one model')
-        rows, plot = compare_peers(args.models[0], [p.strip() for p in args.compare.split(',')], s), None
+        rows, plot = compare_peers(args.models[0], peers, s, hf_dtype=args.hf_dtype, hf_eager=args.hf_eager), None
     else:
         rows, plot = benchmark_models(args.models, s), None
     cpu = dict(cpu_info(), threads=torch.get_num_threads()) if s.device == 'cpu' else None

@@ -118,14 +118,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return max(peak, _rss_bytes()) - base
 
 
-def create_at_size(name: str, img_size: Tuple[int, int]) -> nn.Module:
-    """timm model at `img_size`: fixed-size models (ViT, Swin) are built for it, fully convolutional
-    ones (CvT) take any size as they are."""
+def create_at_size(name: str, img_size: Tuple[int, int], **kwargs) -> nn.Module:
+    """timm model at `img_size` (`kwargs` to `timm.create_model`): fixed-size models (ViT, Swin) are built for
+    it, fully convolutional ones (CvT) take any size as they are."""
     import timm
     try:
-        return timm.create_model(name, img_size=img_size)
+        return timm.create_model(name, img_size=img_size, **kwargs)
     except TypeError:  # the model has no img_size argument: it runs at any size
-        return timm.create_model(name)
+        return timm.create_model(name, **kwargs)
 
 
 def default_img_size(name: str) -> int:

@@ -140,8 +140,9 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
     if s.memory:
         for label, step in steps.items():
             rows[label]['infer_peak_mem_mb'] = peak_memory(step, device) / 2 ** 20
-    if s.train and all(sub.train is not None for sub in subjects):
-        train_steps = {sub.label: _train_step(sub, x, s) for sub in subjects}
+    trained = [sub for sub in subjects if sub.train is not None]  # onnxruntime, say, has no training step
+    if s.train and trained:
+        train_steps = {sub.label: _train_step(sub, x, s) for sub in trained}
         for label, t in time_interleaved(train_steps, s.warmup, s.repeats, device, settle).items():
             rows[label].update(train_batch_size=s.batch_size, train_img_size=list(img_size),
                                train_step_time=1e3 * statistics.median(t),
