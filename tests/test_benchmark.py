@@ -54,7 +54,8 @@ def test_cli_bad_model_is_one_line_error(capsys):
 
 @pytest.mark.parametrize('flags, message', [(['--hf-eager'], '--hf-eager and --hf-dtype only apply'),
                                             (['--hf-dtype', 'fp32'], '--hf-eager and --hf-dtype only apply'),
-                                            (['--compare', 'hf', '--hf-eager'], 'only applies with --compile')])
+                                            (['--compare', 'hf', '--hf-eager'], 'only applies with --compile'),
+                                            (['--sweep-res', '32', '--compare', 'onnxruntime'], 'do not combine')])
 def test_cli_hf_flags_need_their_context(capsys, flags, message):
     assert main(['benchmark', 'cvt_tiny', *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()

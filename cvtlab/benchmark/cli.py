@@ -64,6 +64,8 @@ def cmd_benchmark(args) -> int:
     peers = [p.strip() for p in args.compare.split(',')] if args.compare else []
     if (args.hf_eager or args.hf_dtype) and 'hf' not in peers:
         raise ConfigError('--hf-eager and --hf-dtype only apply with --compare hf')
+    if sweep and peers:
+        raise ConfigError('--sweep-res and --compare do not combine: run them as two commands')
     if args.hf_eager and not args.compile:
         raise ConfigError('--hf-eager only applies with --compile (without it both run eager)')
     if sweep:
