@@ -260,6 +260,11 @@ def test_compare_hf_onnxruntime_and_compile_in_one_run(monkeypatch, capsys):
     assert hf['backend'] == 'torch' and ort_row['backend'] == 'onnxruntime'
     with pytest.raises(cvtlab.CvtlabError, match='only apply with --compare hf'):
         peers.compare_peers('cvt_tiny', ['onnxruntime'], s, hf_eager=True)
+    # ours in onnxruntime, HF in torch: no RSS figure for ours (onnxruntime's arena), so no memory ratio either
+    ours, hf = peers.compare_hf('cvt_13', replace(s, backend='onnxruntime', train=False, memory=True),
+                                model_args=SMALL_CVT)
+    assert ours['backend'].startswith('onnxruntime') and hf['backend'] == 'torch'
+    assert 'infer_peak_mem_mb' not in ours and 'infer_mem_vs_hf' not in ours and hf['infer_peak_mem_mb'] > 0
     assert main(['benchmark', 'cvt_13', '-b', '1', '--img-size', '32', '--repeats', '1', '--no-latency', '--no-train',
                  '--compare', 'hf,onnxruntime']) == 0  # cvt_tiny's stages are too shallow for HF
     out = capsys.readouterr().out

@@ -109,7 +109,7 @@ def cmd_benchmark(args) -> int:
 
 
 def _dtype(row: dict, s) -> str:
-    return 'int8' if row['model'] == 'onnxruntime-int8' else s.dtype
+    return row.get('dtype') or s.dtype  # the int8 peer's 'int8', HF's --hf-dtype
 
 
 _COLUMNS = [  # (field, header, format)

@@ -16,8 +16,8 @@ from ..flops import count_macs
 from .hf import hf_logits, hf_max_abs_diff, hf_twin
 from .limits import int8_gemm_probes
 from .measure import create_at_size, default_img_size, gmacs, matmul_rate
-from .subjects import (DTYPES, BenchSettings, Subject, check_settings, finish_row, measure_subjects, prepare,
-                       settings_fields)
+from .subjects import (DTYPES, BenchSettings, Subject, _infer_step, check_settings, finish_row, measure_subjects,
+                       prepare, settings_fields)
 
 PEERS = ('hf', 'onnxruntime', 'onnxruntime-int8', 'compile')
 
@@ -91,11 +91,12 @@ def compare_peers(name: str, peers: Sequence[str], settings: BenchSettings = Ben
                 runner = onnxruntime_runner(model, folder, img_size, int8=peer == 'onnxruntime-int8')
                 subjects.append(Subject(peer, runner, None, _run_session))
             else:
-                subjects.append(Subject('compile', compile_for_inference(model), None))
+                subjects.append(Subject('compile', compile_for_inference(copy.deepcopy(model).to(s.device)), None))
         del model, hf  # every subject holds its own copy
         x = torch.randn(s.batch_size, 3, *img_size, device=s.device)
-        with torch.inference_mode():
-            outputs = {sub.label: sub.call(sub.infer, x).float() for sub in subjects}  # also compiles
+        # the logits that other peers are compared on, each computed as its timed step computes them (a compiled
+        # subject compiles here, in the autocast state it is timed in); HF is compared apart (`hf_diff`)
+        outputs = {sub.label: _infer_step(sub, x, s)().float() for sub in subjects if sub.label != hf_label}
         int8 = int8_gemm_probes() if 'onnxruntime-int8' in peers else {}
         rows, limits = measure_subjects(subjects, s, img_size, extra_probes=int8)
     # each row against the limit of the dtype it computes in: the int8 peer against int8 GEMMs, HF in another
@@ -112,6 +113,8 @@ def compare_peers(name: str, peers: Sequence[str], settings: BenchSettings = Ben
                           labels[sub.label][1], params) for sub in subjects]
     ours = results[0]
     ours['backend'] = getattr(subjects[0].infer, 'backend', s.backend)
+    if not ours['backend'].startswith('torch'):  # onnxruntime's arena keeps memory: RSS growth is not its need
+        ours.pop('infer_peak_mem_mb', None)
     for peer, row in zip(peers, results[1:]):
         row['backend'] = peer if peer.startswith('onnxruntime') else 'torch'
         if peer == 'onnxruntime-int8':
