@@ -16,7 +16,7 @@ from ..flops import count_macs
 from .hf import hf_logits, hf_max_abs_diff, hf_twin
 from .limits import int8_gemm_probes
 from .measure import create_at_size, default_img_size, gmacs, matmul_rate
-from .subjects import (DTYPES, BenchSettings, Subject, _infer_step, check_settings, finish_row, measure_subjects,
+from .subjects import (DTYPES, BenchSettings, Subject, check_settings, finish_row, infer_step, measure_subjects,
                        prepare, settings_fields)
 
 PEERS = ('hf', 'onnxruntime', 'onnxruntime-int8', 'compile')
@@ -94,9 +94,10 @@ def compare_peers(name: str, peers: Sequence[str], settings: BenchSettings = Ben
                 subjects.append(Subject('compile', compile_for_inference(copy.deepcopy(model).to(s.device)), None))
         del model, hf  # every subject holds its own copy
         x = torch.randn(s.batch_size, 3, *img_size, device=s.device)
-        # the logits that other peers are compared on, each computed as its timed step computes them (a compiled
-        # subject compiles here, in the autocast state it is timed in); HF is compared apart (`hf_diff`)
-        outputs = {sub.label: _infer_step(sub, x, s)().float() for sub in subjects if sub.label != hf_label}
+        # the logits the other peers are compared on (HF apart: `hf_diff`), each computed as its timed step computes
+        # them (a compiled subject compiles here, in the autocast state it is timed in)
+        compared = [sub for sub in subjects if sub.label != hf_label]
+        outputs = {sub.label: infer_step(sub, x, s)().float() for sub in compared} if len(compared) > 1 else {}
         int8 = int8_gemm_probes() if 'onnxruntime-int8' in peers else {}
         rows, limits = measure_subjects(subjects, s, img_size, extra_probes=int8)
     # each row against the limit of the dtype it computes in: the int8 peer against int8 GEMMs, HF in another

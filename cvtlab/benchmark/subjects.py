@@ -87,7 +87,8 @@ def _autocast(s: BenchSettings, subject: Subject):
     return torch.autocast(torch.device(s.device).type, dtype=DTYPES[dtype])
 
 
-def _infer_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+def infer_step(subject: Subject, x: torch.Tensor, s: BenchSettings) -> Callable[[], object]:
+    """`subject`'s inference call on `x` as it is timed: in inference mode, under the run's autocast."""
     # a model the transform made bf16 casts its input itself; autocast would only add casts
     own_dtype = getattr(subject.infer, 'dtype', None) == torch.bfloat16
 
@@ -122,7 +123,7 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
     device = torch.device(s.device)
     rows = {sub.label: dict(infer_batch_size=s.batch_size, infer_img_size=list(img_size)) for sub in subjects}
     x = _input(s, s.batch_size, img_size)
-    steps = {sub.label: _infer_step(sub, x, s) for sub in subjects}
+    steps = {sub.label: infer_step(sub, x, s) for sub in subjects}
     probes = {**gemm_probes(DTYPES[s.dtype], s.device), **(extra_probes or {})} if probe else {}
     # on CPU every timed call starts on idle cores: no step's spinning threads in the next one's time
     settle = SETTLE_S if device.type == 'cpu' else 0.0
@@ -134,7 +135,7 @@ def measure_subjects(subjects: List[Subject], s: BenchSettings, img_size: Tuple[
                            infer_samples_per_sec=s.batch_size / statistics.median(t))
     if s.latency:
         one = _input(s, 1, img_size)
-        ones = {sub.label: _infer_step(sub, one, s) for sub in subjects}
+        ones = {sub.label: infer_step(sub, one, s) for sub in subjects}
         for label, t in time_interleaved(ones, s.warmup, s.latency_repeats, device, settle).items():
             rows[label]['infer_latency_ms'], rows[label]['infer_latency_p90_ms'] = latency(t)
     if s.memory:
