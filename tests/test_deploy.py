@@ -283,8 +283,11 @@ def test_packed_conv_equals_conv_and_falls_back_when_it_must(stride, groups, bia
         torch.testing.assert_close(packed(fmap), conv(fmap), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(packed(fmap[0]), conv(fmap[0]), rtol=1e-5, atol=1e-6)  # unbatched: F.conv2d
     assert set(packed.state_dict()) == set(conv.state_dict())
-    out = packed(fmap.clone().requires_grad_())  # recording gradients: F.conv2d, so backward works
-    out.sum().backward()
+    x = fmap.clone().requires_grad_()  # recording gradients: F.conv2d, so backward works and agrees
+    packed(x).square().sum().backward()
+    x_ref = fmap.clone().requires_grad_()
+    conv(x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='zero padding'):
         PackedConv2d(nn.Conv2d(16, 16, 3, padding='same'))
 
@@ -481,7 +484,8 @@ def test_window_masks_follow_gradients_to_the_bias_tables():
         assert got.keys() == expected.keys() and got
         for name in got:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
-    copy.deepcopy(fast)  # no mask with a graph in it
+    masks = [p.last_mask[1] for p in fast.modules() if isinstance(p, lg_windows.WindowFirstPath)]
+    assert masks and all(m is not None and not m.requires_grad for m in masks)  # no mask with a graph in it
 
 
 @pytest.fixture
